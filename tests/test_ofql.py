@@ -185,6 +185,10 @@ def test_per_family_defaults():
     assert (args.eta, args.eval_temperature) == (0.01, 3.0)
     assert resolved("cube-double-play-singletask-v0").eta == 0.01
     assert resolved("D4RL/pen/human-v2").eta == 0.1
+    assert resolved("D4RL/pointmaze/umaze-v2").eta == 0.5
+    assert ofql.default_reward_transform("antmaze") == (4.0, -0.5)  # (r - 0.5) * 4
+    assert ofql.default_reward_transform("pointmaze") == (1.0, -1.0)  # r - 1
+    assert ofql.default_reward_transform("mujoco") == (1.0, 0.0)
     args = resolved("D4RL/antmaze/umaze-v1", eta=0.3, max_q_samples=1, eval_temperature=2.0, offline_steps=7)
     assert (args.eta, args.max_q_samples, args.eval_temperature, args.offline_steps) == (0.3, 1, 2.0, 7)
     assert ofql.resolve_dataset_id("antmaze-large") == "D4RL/antmaze/large-play-v1"
