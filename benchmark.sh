@@ -15,9 +15,11 @@ speed  Training updates/s at batch 256 with the default networks (eager and --co
        and writes DIR/speed.csv (default results/) with the machine: CPU model, cores, torch version, GPU and
        torch's CPU threads (set OMP_NUM_THREADS to choose them).
 
-learn  Learning evidence on data generated here with OGBench's oracles (scripts/make_ogbench_dataset.py):
+learn  Learning evidence on data generated here:
          offline  meanflowql, ofql, mvp (--online-steps 0) and bc on cube-single-play-singletask-v0 and
-                  pointmaze-medium-navigate-singletask-v0, --steps gradient steps each, default networks;
+                  pointmaze-medium-navigate-singletask-v0 (OGBench's oracles, scripts/make_ogbench_dataset.py) and
+                  pointmaze-umaze (a stand-in of D4RL/pointmaze/umaze-v2 from a noisy waypoint controller,
+                  scripts/make_minari_dataset.py), --steps gradient steps each, default networks;
                   bc = algos/ofql.py --eta 0 --eval-candidates 1: OFQL's one-step MeanFlow behaviour cloning with
                   neither the Q term in the actor loss nor Q-based action selection (its critic trains but is unused)
          online   som on InvertedPendulum-v5 and HalfCheetah-v4, --online-steps environment steps each
@@ -28,7 +30,8 @@ learn  Learning evidence on data generated here with OGBench's oracles (scripts/
   --seeds N            seeds 1..N of every algorithm on every task                       (3)
   --steps K            offline gradient steps per run                                    (100000)
   --online-steps S     SOM environment steps per run                                     (100000)
-  --episodes E         train episodes of 1001 steps per dataset, plus E/10 validation    (1000, OGBench's size)
+  --episodes E         OGBench: train episodes of 1001 steps, plus E/10 validation       (1000, OGBench's size)
+                       pointmaze-umaze: episodes of 300 steps (the eval episode limit)
   --eval-episodes M    episodes per evaluation                                           (20)
   --evals V            evaluations per run, evenly spaced: the points of each curve      (10)
   --workers W          jobs at once; each gets nproc/W CPU threads (min 1)               (nproc)
@@ -79,14 +82,25 @@ speed() {
 # --- learn -----------------------------------------------------------------------------------------------------------
 
 OFFLINE_ALGOS=(meanflowql ofql mvp bc)
-OFFLINE_TASKS=(cube-single-play-singletask-v0 pointmaze-medium-navigate-singletask-v0)
+OFFLINE_TASKS=(cube-single-play-singletask-v0 pointmaze-medium-navigate-singletask-v0 pointmaze-umaze)
 ONLINE_TASKS=(InvertedPendulum-v5 HalfCheetah-v4)
+UMAZE=D4RL/pointmaze/umaze-v2  # what --env-id pointmaze-umaze reads: a Minari stand-in made by make_minari_dataset.py
+UMAZE_STEPS=300                # rows per stand-in episode: the eval env's episode limit
 
-dataset_of() {  # OGBench singletask name -> the dataset it reads
+dataset_of() {  # offline task -> the dataset it reads (an OGBench file stem, or the Minari stand-in)
   case $1 in
     cube-single-play-singletask-v0) echo cube-single-play-v0 ;;
     pointmaze-medium-navigate-singletask-v0) echo pointmaze-medium-navigate-v0 ;;
+    pointmaze-umaze) echo minari-pointmaze-umaze ;;
   esac
+}
+
+have_dataset() {
+  if [[ $1 == minari-* ]]; then
+    [[ -f $minari_dir/$UMAZE/data/metadata.json ]]
+  else
+    [[ -f $data_dir/$1.npz && -f $data_dir/$1-val.npz ]]
+  fi
 }
 
 tiny_flags() {  # the --tiny networks of each script
@@ -109,13 +123,16 @@ learn() {
   mkdir -p "$out/runs"
   printf 'name\talgo\ttask\tseed\tkind\tdir\n' >"$out/learn_jobs.tsv.tmp"
   local task algo seed script
+  local -a data_flags
   for task in "${OFFLINE_TASKS[@]}"; do
+    data_flags=()
+    [[ $task == *singletask* ]] && data_flags=(--dataset-dir "$data_dir")  # OGBench's; the stand-in is Minari's
     for algo in "${OFFLINE_ALGOS[@]}"; do
       script=$algo
       [[ $algo == bc ]] && script=ofql
       for ((seed = 1; seed <= seeds; seed++)); do
-        add_job offline "$algo" "$task" "$seed" "$ROOT/algos/$script.py" --env-id "$task" --dataset-dir "$data_dir" \
-          --seed "$seed" --offline-steps "$steps" --online-steps 0 --eval-interval "$(at_least_1 $((steps / evals)))" \
+        add_job offline "$algo" "$task" "$seed" "$ROOT/algos/$script.py" --env-id "$task" \
+          ${data_flags[@]+"${data_flags[@]}"} --seed "$seed" --offline-steps "$steps" --online-steps 0 --eval-interval "$(at_least_1 $((steps / evals)))" \
           --eval-episodes "$eval_episodes" --log-interval "$(at_least_1 $((steps / 20)))"
       done
     done
@@ -137,7 +154,7 @@ learn() {
 
   local dataset
   for dataset in $(printf '%s\n' ${needed[@]+"${needed[@]}"} | sort -u); do
-    [[ -f $data_dir/$dataset.npz && -f $data_dir/$dataset-val.npz ]] || write_dataset_script "$dataset"
+    have_dataset "$dataset" || write_dataset_script "$dataset"
   done
   if ((slurm)); then
     write_slurm
@@ -196,6 +213,9 @@ parse_learn_args() {  # the sweep's settings, as globals
   done
   threads=$(at_least_1 $(($(nproc) / workers)))
   data_dir="$out/data/ogbench-${episodes}x${ep_steps}"
+  umaze_steps=$UMAZE_STEPS
+  ((tiny)) && umaze_steps=$ep_steps
+  minari_dir="$out/data/minari-${episodes}x${umaze_steps}"
   # The command that reproduces this sweep, for the reports.
   sweep="bash benchmark.sh learn --seeds $seeds --steps $steps --online-steps $online_steps --episodes $episodes"
   sweep+=" --eval-episodes $eval_episodes --evals $evals"
@@ -243,6 +263,7 @@ add_job() {  # kind algo task seed script flags...: list the job in learn_jobs.t
 #!/usr/bin/env bash
 # One job of '$sweep', written by benchmark.sh: the script writes runs/ here, its output goes to train.log.
 cd "\$(dirname "\$0")" || exit 1
+export MINARI_DATASETS_PATH=$(printf '%q' "$minari_dir")
 rm -rf runs DONE exit_code wall_s train.log
 start=\$SECONDS
 $(printf '%q ' "$PY")$command>train.log 2>&1
@@ -265,15 +286,22 @@ EOF
   fi
 }
 
-write_dataset_script() {  # dataset: the script that generates it into data_dir (seed 0, all workers)
-  local dataset=$1 file="$data_dir/make_$1.sh"
+write_dataset_script() {  # dataset: the script that generates it (seed 0; OGBench's with all workers)
+  local dataset=$1 file="$data_dir/make_$1.sh" command
   mkdir -p "$data_dir"
+  if [[ $dataset == minari-* ]]; then  # noisy waypoint-controller episodes of the eval env's length
+    command="MINARI_DATASETS_PATH=$(printf '%q' "$minari_dir") $(printf '%q ' "$PY" \
+      "$ROOT/scripts/make_minari_dataset.py" --dataset-id "$UMAZE" --policy waypoint --num-episodes "$episodes" \
+      --max-episode-steps "$umaze_steps" --seed 0)"
+  else
+    command="$(printf '%q ' "$PY" "$ROOT/scripts/make_ogbench_dataset.py" --env-name "$dataset" --num-episodes \
+      "$episodes" --max-episode-steps "$ep_steps" --seed 0 --dataset-dir "$data_dir")--num-workers"
+    command+=" \"\${SLURM_CPUS_PER_TASK:-$workers}\""
+  fi
   cat >"$file" <<EOF
 #!/usr/bin/env bash
 # Generates $dataset for '$sweep' (written by benchmark.sh); output in make_$dataset.log.
-$(printf '%q ' "$PY" "$ROOT/scripts/make_ogbench_dataset.py" --env-name "$dataset" --num-episodes "$episodes" \
-    --max-episode-steps "$ep_steps" --seed 0 --dataset-dir "$data_dir")--num-workers "\${SLURM_CPUS_PER_TASK:-$workers}" \\
-  --overwrite >$(printf '%q' "$data_dir/make_$dataset.log") 2>&1
+$command --overwrite >$(printf '%q' "$data_dir/make_$dataset.log") 2>&1
 EOF
   make_scripts+=("$file")
 }
@@ -282,7 +310,7 @@ run_here() {  # the datasets side by side, then a pool of W jobs (the long onlin
   local i
   local -a pids=() todo=(${todo_online[@]+"${todo_online[@]}"} ${todo_offline[@]+"${todo_offline[@]}"})
   for i in "${!make_scripts[@]}"; do
-    echo "[learn] generating $(basename "${make_scripts[$i]}" .sh | cut -c6-) in $data_dir ($workers worker(s))"
+    echo "[learn] generating $(basename "${make_scripts[$i]}" .sh | cut -c6-) (log in $data_dir)"
     bash "${make_scripts[$i]}" &
     pids+=($!)
   done
@@ -352,9 +380,15 @@ EOF
   echo "$file"
 }
 
-case "${1:-}" in
-  speed) shift; speed "$@" ;;
-  learn) shift; learn "$@" ;;
-  help | -h | --help) usage ;;
-  *) usage >&2; exit 2 ;;
-esac
+main() {
+  case "${1:-}" in
+    speed) shift; speed "$@" ;;
+    learn) shift; learn "$@" ;;
+    help | -h | --help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+# bash reads a script as it runs it; main and exit are read together, so editing this file (git pull) while a sweep
+# runs cannot make the running sweep execute a half-read line
+main "$@"; exit

@@ -4,8 +4,10 @@
     python scripts/speed.py ofql --device cpu | python scripts/aggregate.py speed results
 
 `learn` writes, next to learn_jobs.tsv:
-  learn_runs.csv    one row per job: status (ok / failed / missing), exit code, log, final and best metric, wall time
-  learn.csv         one row per (task, algorithm): final and best, mean and std over the seeds that finished
+  learn_runs.csv    one row per job: status (ok / failed / missing), exit code, log (relative to the sweep's directory),
+                    final and best metric, final return, wall time
+  learn.csv         one row per (task, algorithm): final and best metric and final return, mean and std over the seeds
+                    that finished
   learn.md          the same as a markdown table, naming every failed or missing run
   learn_<task>.png  learning curves, mean ± std over seeds (only when matplotlib is installed)
 The metric is the success rate where the environment reports success (OGBench tasks), else the episodic return.
@@ -83,6 +85,7 @@ class Run:
     wall_s: float | None = None
     metric: str = ""
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, metric) of every evaluation
+    final_return: float = math.nan  # episodic return of the last evaluation
 
     @property
     def log(self) -> Path:
@@ -108,6 +111,8 @@ def read_run(row: dict[str, str]) -> Run:
         rows = [json.loads(x) for p in sorted(run.dir.glob("runs/*/eval.jsonl")) for x in p.read_text().splitlines()]
         run.metric = "success_rate" if any("success_rate" in r for r in rows) else "episodic_return"
         run.curve = sorted((r["step"], float(r[run.metric])) for r in rows if run.metric in r)
+        returns = sorted((r["step"], float(r["episodic_return"])) for r in rows if "episodic_return" in r)
+        run.final_return = returns[-1][1] if returns else math.nan
     elif run.exit_code:
         run.status = "failed"
     return run
@@ -134,6 +139,7 @@ def fmt(mean: float, std: float, metric: str) -> str:
 def summarise(runs: list[Run], out: Path) -> dict[str, object]:
     ok = [r for r in runs if r.status == "ok" and r.curve]
     final, best = mean_std([r.final for r in ok]), mean_std([r.best for r in ok])
+    final_return = mean_std([r.final_return for r in ok if not math.isnan(r.final_return)])
     notes = [f"s{r.seed} failed (exit {r.exit_code}, {r.log.relative_to(out)})" for r in runs if r.status == "failed"]
     notes += [f"s{r.seed} missing (not finished)" for r in runs if r.status == "missing"]
     notes += [f"s{r.seed} has no evaluation" for r in runs if r.status == "ok" and not r.curve]
@@ -147,6 +153,8 @@ def summarise(runs: list[Run], out: Path) -> dict[str, object]:
         "final_std": final[1],
         "best_mean": best[0],
         "best_std": best[1],
+        "final_return_mean": final_return[0],
+        "final_return_std": final_return[1],
         "final_step": ok[0].curve[-1][0] if ok else "",
         "notes": "; ".join(notes),
     }
@@ -171,17 +179,20 @@ def markdown(summaries: list[dict[str, object]], command: str, plots: list[Path]
         "",
         "**final**: the last evaluation of each run; **best**: each run's best evaluation (selected on the evaluation",
         "episodes themselves, so optimistic); both as mean ± sample std over the seeds that finished. Success in %.",
+        "**final return**: the episodic return of the last evaluation (for success tasks it also tells how fast).",
         "",
-        "| task | algorithm | metric | final | best | seeds | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| task | algorithm | metric | final | best | final return | seeds | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         metric = {"success_rate": "success (%)", "episodic_return": "return"}.get(str(s["metric"]), "—")
         final = fmt(s["final_mean"], s["final_std"], s["metric"])
         best = fmt(s["best_mean"], s["best_std"], s["metric"])
+        final_return = fmt(s["final_return_mean"], s["final_return_std"], "episodic_return")
         label = ALGO_LABELS.get(str(s["algo"]), s["algo"])
         lines.append(
-            f"| {s['task']} | {label} | {metric} | {final} | {best} | {s['seeds_ok']}/{s['seeds']} | {s['notes']} |"
+            f"| {s['task']} | {label} | {metric} | {final} | {best} | {final_return} | {s['seeds_ok']}/{s['seeds']} "
+            f"| {s['notes']} |"
         )
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -240,7 +251,8 @@ def learn(out: Path) -> int:
 
     run_rows = [
         {"task": r.task, "algo": r.algo, "seed": r.seed, "status": r.status, "exit_code": r.exit_code,
-         "log": r.log, "metric": r.metric, "final": r.final, "best": r.best,
+         "log": r.log.relative_to(out), "metric": r.metric, "final": r.final, "best": r.best,
+         "final_return": r.final_return,
          "final_step": r.curve[-1][0] if r.curve else "", "evaluations": len(r.curve), "wall_s": r.wall_s}
         for r in runs
     ]  # fmt: skip
@@ -272,7 +284,7 @@ def main() -> None:
     if opts.report == "speed":
         speed(opts.out)
     else:
-        sys.exit(learn(opts.out))
+        sys.exit(learn(opts.out.resolve()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, run_script
 
 ALGOS = ["meanflowql", "ofql", "mvp", "bc"]
-OFFLINE_TASKS = ["cube-single-play-singletask-v0", "pointmaze-medium-navigate-singletask-v0"]
+OFFLINE_TASKS = ["cube-single-play-singletask-v0", "pointmaze-medium-navigate-singletask-v0", "pointmaze-umaze"]
 ONLINE_TASKS = ["InvertedPendulum-v5", "HalfCheetah-v4"]
 PAIRS = [(task, algo) for task in OFFLINE_TASKS for algo in ALGOS] + [(task, "som") for task in ONLINE_TASKS]
 BAD_JOB = "mvp__pointmaze-medium-navigate-singletask-v0__s1"  # gets a flag mvp.py rejects in the first sweep
@@ -53,24 +53,24 @@ def test_failed_job_is_reported(sweeps) -> None:
     assert first.returncode == 1, first.stdout + first.stderr  # a failed job fails the sweep, after the reports
     log = sweeps["out"] / "runs" / BAD_JOB / "train.log"
     assert f"FAILED  {BAD_JOB}: exit 2, log {log}" in first.stdout  # by the job, then in the summary
-    assert "[learn] 9 ok, 1 failed, 0 missing of 10 jobs" in first.stdout
+    assert "[learn] 13 ok, 1 failed, 0 missing of 14 jobs" in first.stdout
     assert "no-such-flag" in after["log"]  # the script's own error is in the log
     (bad,) = [r for r in after["runs"] if r["status"] != "ok"]
     assert (bad["algo"], bad["task"], bad["exit_code"], bad["status"]) == ("mvp", OFFLINE_TASKS[1], "2", "failed")
     (row,) = [line for line in after["md"].splitlines() if "failed" in line]
-    assert row == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | 0/1 | s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
+    assert row == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | — | 0/1 | s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
 
 
 def test_second_sweep_reruns_the_failed_job_and_skips_the_rest(sweeps) -> None:
     out, second = sweeps["out"], sweeps["second"]
     assert second.returncode == 0, second.stdout + second.stderr
-    assert ": 1 to run, 9 finished before (skipped)" in second.stdout
+    assert ": 1 to run, 13 finished before (skipped)" in second.stdout
     assert [line.split()[2] for line in second.stdout.splitlines() if line.startswith("[learn] done")] == [BAD_JOB]
     for run_dir in (out / "runs").iterdir():
         (eval_file,) = run_dir.glob("runs/*/eval.jsonl")
         rerun = eval_file.stat().st_mtime > sweeps["after_first"]["done"]
         assert rerun == (run_dir.name == BAD_JOB)  # the finished jobs were not redone
-    assert "[learn] 10 ok, 0 failed, 0 missing of 10 jobs" in second.stdout
+    assert "[learn] 14 ok, 0 failed, 0 missing of 14 jobs" in second.stdout
 
 
 def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
@@ -82,6 +82,7 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
         assert r["metric"] == ("episodic_return" if online else "success_rate")
         assert (r["seeds_ok"], r["seeds"], r["final_step"]) == ("1", "1", "200" if online else "20")
         assert r["final_mean"] != "" and r["final_std"] == "" and r["notes"] == ""  # one seed: no std
+        assert r["final_return_mean"] != ""
         if not online:
             assert 0 <= float(r["final_mean"]) <= float(r["best_mean"]) <= 1
     md = (out / "learn.md").read_text()
@@ -110,7 +111,7 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     proc = bench("learn", "--tiny", "--slurm", "--sbatch", "--partition=gpu --gres=gpu:1", out=out, path=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (tmp_path / "sbatch_calls").exists() and "not submitted" in proc.stdout
-    for sweep, n in [("datasets", 2), ("offline", 8), ("online", 2)]:
+    for sweep, n in [("datasets", 3), ("offline", 12), ("online", 2)]:
         script = (out / "slurm" / f"{sweep}.sbatch").read_text()
         assert f"#SBATCH --array=0-{n - 1}\n" in script and "#SBATCH --partition=gpu\n#SBATCH --gres=gpu:1\n" in script
         assert script.count("job.sh" if sweep != "datasets" else "make_") == n
@@ -126,11 +127,11 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = (tmp_path / "sbatch_calls").read_text().splitlines()
     assert calls == [
-        f"--parsable {out}/slurm/datasets.sbatch",  # the other dataset is still missing
+        f"--parsable {out}/slurm/datasets.sbatch",  # the other two datasets are still missing
         f"--parsable --dependency=afterok:42 {out}/slurm/offline.sbatch",
         f"--parsable {out}/slurm/online.sbatch",
     ]
-    assert "#SBATCH --array=0-0\n" in (out / "slurm" / "datasets.sbatch").read_text()
+    assert "#SBATCH --array=0-1\n" in (out / "slurm" / "datasets.sbatch").read_text()
 
 
 def test_bad_options_are_refused(tmp_path) -> None:
