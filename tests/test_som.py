@@ -60,22 +60,30 @@ def test_score_estimator_matches_the_closed_form_gaussian_score():
     torch.testing.assert_close(block, plain)
 
 
-def test_pf_ode_velocity_carries_the_noised_target_back_to_the_boltzmann_target():
+def integrate_pf_ode(score_norm: str, score_scale: float, n: int = 20_000, steps: int = 1000) -> torch.Tensor:
+    """Euler-integrate v = pf_ode_velocity(exact Gaussian score) from p_1 (t=1) to t=0; returns the samples."""
     torch.manual_seed(0)
-    n, steps = 20_000, 1000
     _, mu, _, s = gaussian_marginal(torch.ones(1, 1, dtype=torch.float64))
     a = mu * C + s * torch.randn(n, 2, dtype=torch.float64)  # p_1, ≈ N(0, I)
-    for i in range(steps, 0, -1):  # Euler from t=1 to t=0
+    for i in range(steps, 0, -1):
         beta, mu, _, s = gaussian_marginal(torch.full((1, 1), i / steps, dtype=torch.float64))
-        v = som.pf_ode_velocity(a, -(a - mu * C) / s**2, beta, score_scale=1.0, score_norm="none")
-        a = a - v / steps
+        a = a - som.pf_ode_velocity(a, -(a - mu * C) / s**2, beta, score_scale, score_norm) / steps
+    return a
+
+
+def test_pf_ode_velocity_carries_the_noised_target_back_to_the_boltzmann_target():
+    a = integrate_pf_ode("none", 1.0)  # the default target: the plain PF-ODE
     torch.testing.assert_close(a.mean(0), C, atol=0.02, rtol=0)
     torch.testing.assert_close(a.var(0), torch.full((2,), TEMP, dtype=torch.float64), atol=0, rtol=0.04)
-    # the default target: unit-normalised score scaled by w, v = -beta/2 (a + w score/|score|)
-    beta, score = torch.full((n, 1), 3.0, dtype=torch.float64), torch.randn(n, 2, dtype=torch.float64)
-    v = som.pf_ode_velocity(a, score, beta, score_scale=25.0, score_norm="unit")
-    length = (-2 * v / beta - a).norm(dim=-1)
-    torch.testing.assert_close(length, torch.full((n,), 25.0, dtype=torch.float64), rtol=1e-3, atol=0)  # eps 1e-6
+
+
+def test_spec_unit_score_target_collapses_onto_the_mode():
+    """The spec's target v = -beta/2 (a + 25 score/|score|) keeps only the score's direction, so the temperature drops
+    out: even with the exact score its flow sends every sample to the mode c, not to N(c, T I) (why the default is the
+    plain PF-ODE; README, SOM)."""
+    a = integrate_pf_ode("unit", 25.0, n=2000)
+    torch.testing.assert_close(a.mean(0), C, atol=1e-3, rtol=0)
+    assert a.var(0).max() < 1e-4 * TEMP
 
 
 def exact_average_velocity(obs, a, r, t):
