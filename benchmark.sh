@@ -132,8 +132,9 @@ learn() {
       [[ $algo == bc ]] && script=ofql
       for ((seed = 1; seed <= seeds; seed++)); do
         add_job offline "$algo" "$task" "$seed" "$ROOT/algos/$script.py" --env-id "$task" \
-          ${data_flags[@]+"${data_flags[@]}"} --seed "$seed" --offline-steps "$steps" --online-steps 0 --eval-interval "$(at_least_1 $((steps / evals)))" \
-          --eval-episodes "$eval_episodes" --log-interval "$(at_least_1 $((steps / 20)))"
+          ${data_flags[@]+"${data_flags[@]}"} --seed "$seed" --offline-steps "$steps" --online-steps 0 \
+          --eval-interval "$(at_least_1 $((steps / evals)))" --eval-episodes "$eval_episodes" \
+          --log-interval "$(at_least_1 $((steps / 20)))"
       done
     done
   done
