@@ -7,7 +7,7 @@
   learn_runs.csv    one row per job: status (ok / failed / missing), exit code, log (relative to the sweep's directory),
                     final and best metric, final return, wall time
   learn.csv         one row per (task, algorithm): final and best metric and final return, mean and std over the seeds
-                    that finished
+                    that finished, and the final and mean return minus BC's, paired by seed (see paired_vs_bc)
   learn.md          the same as a markdown table, naming every failed or missing run
   learn_<task>.png  learning curves, mean ± std over seeds (only when matplotlib is installed)
 The metric is the success rate where the environment reports success (OGBench tasks), else the episodic return.
@@ -85,7 +85,7 @@ class Run:
     wall_s: float | None = None
     metric: str = ""
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, metric) of every evaluation
-    final_return: float = math.nan  # episodic return of the last evaluation
+    returns: list[tuple[int, float]] = field(default_factory=list)  # (step, episodic return) of every evaluation
 
     @property
     def log(self) -> Path:
@@ -99,6 +99,15 @@ class Run:
     def best(self) -> float:
         return max(v for _, v in self.curve) if self.curve else math.nan
 
+    @property
+    def final_return(self) -> float:
+        return self.returns[-1][1] if self.returns else math.nan
+
+    @property
+    def mean_return(self) -> float:
+        """The return averaged over every evaluation: the area under the learning curve, which also counts speed."""
+        return sum(v for _, v in self.returns) / len(self.returns) if self.returns else math.nan
+
 
 def read_run(row: dict[str, str]) -> Run:
     run = Run(row["name"], row["algo"], row["task"], int(row["seed"]), row["kind"], Path(row["dir"]))
@@ -111,8 +120,7 @@ def read_run(row: dict[str, str]) -> Run:
         rows = [json.loads(x) for p in sorted(run.dir.glob("runs/*/eval.jsonl")) for x in p.read_text().splitlines()]
         run.metric = "success_rate" if any("success_rate" in r for r in rows) else "episodic_return"
         run.curve = sorted((r["step"], float(r[run.metric])) for r in rows if run.metric in r)
-        returns = sorted((r["step"], float(r["episodic_return"])) for r in rows if "episodic_return" in r)
-        run.final_return = returns[-1][1] if returns else math.nan
+        run.returns = sorted((r["step"], float(r["episodic_return"])) for r in rows if "episodic_return" in r)
     elif run.exit_code:
         run.status = "failed"
     return run
@@ -136,7 +144,31 @@ def fmt(mean: float, std: float, metric: str) -> str:
     return f"{mean * scale:.1f}" + ("" if math.isnan(std) else f" ± {std * scale:.1f}")
 
 
-def summarise(runs: list[Run], out: Path) -> dict[str, object]:
+def paired_vs_bc(runs: list[Run], bc_runs: list[Run], prefix: str) -> dict[str, float]:
+    """`prefix` (final_return or mean_return) minus BC's on the same task, paired by seed: a seed's runs share the
+    dataset and the evaluation starts (env seeds seed + 10_000 + i), so the difference removes the spread of the
+    starts. Returns the mean and std of the differences, how many seeds are better, of how many pairs, and the
+    one-sided sign-test p-value P(at least that many better | each seed equally likely better or worse), ties
+    dropped."""
+    bc = {r.seed: getattr(r, prefix) for r in bc_runs if r.status == "ok"}
+    diffs = [getattr(r, prefix) - bc[r.seed] for r in runs if r.status == "ok" and r.seed in bc]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    mean, std = mean_std(diffs)
+    better, untied = sum(d > 0 for d in diffs), sum(d != 0 for d in diffs)
+    p = sum(math.comb(untied, k) for k in range(better, untied + 1)) / 2**untied if untied else math.nan
+    keys = ("mean", "std", "better", "pairs", "p")
+    return {f"{prefix}_vs_bc_{k}": v for k, v in zip(keys, (mean, std, better, len(diffs), p))}
+
+
+def fmt_vs_bc(s: dict[str, object], prefix: str) -> str:
+    mean, std, better, pairs, p = (s[f"{prefix}_vs_bc_{k}"] for k in ("mean", "std", "better", "pairs", "p"))
+    if not pairs:
+        return "—"
+    return f"{mean:+.1f}" + ("" if math.isnan(std) else f" ± {std:.1f}") + f" ({better}/{pairs}, p {p:.2f})"
+
+
+def summarise(runs: list[Run], bc_runs: list[Run], out: Path) -> dict[str, object]:
+    """One (task, algorithm) group; bc_runs is the BC group of the same task (empty for BC itself and SOM)."""
     ok = [r for r in runs if r.status == "ok" and r.curve]
     final, best = mean_std([r.final for r in ok]), mean_std([r.best for r in ok])
     final_return = mean_std([r.final_return for r in ok if not math.isnan(r.final_return)])
@@ -155,6 +187,8 @@ def summarise(runs: list[Run], out: Path) -> dict[str, object]:
         "best_std": best[1],
         "final_return_mean": final_return[0],
         "final_return_std": final_return[1],
+        **paired_vs_bc(runs, bc_runs, "final_return"),
+        **paired_vs_bc(runs, bc_runs, "mean_return"),
         "final_step": ok[0].curve[-1][0] if ok else "",
         "notes": "; ".join(notes),
     }
@@ -180,19 +214,24 @@ def markdown(summaries: list[dict[str, object]], command: str, plots: list[Path]
         "**final**: the last evaluation of each run; **best**: each run's best evaluation (selected on the evaluation",
         "episodes themselves, so optimistic); both as mean ± sample std over the seeds that finished. Success in %.",
         "**final return**: the episodic return of the last evaluation (for success tasks it also tells how fast).",
+        "**vs BC**: the final return, and the return averaged over every evaluation (the area under the curve),",
+        "minus BC's for the same seed (same data and evaluation starts): mean ± std over the seeds, (seeds better than",
+        "BC / pairs, one-sided sign-test p-value of that count).",
         "",
-        "| task | algorithm | metric | final | best | final return | seeds | notes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | algorithm | metric | final | best | final return | final return vs BC | mean return vs BC | seeds "
+        "| notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         metric = {"success_rate": "success (%)", "episodic_return": "return"}.get(str(s["metric"]), "—")
         final = fmt(s["final_mean"], s["final_std"], s["metric"])
         best = fmt(s["best_mean"], s["best_std"], s["metric"])
         final_return = fmt(s["final_return_mean"], s["final_return_std"], "episodic_return")
+        vs_bc = " | ".join(fmt_vs_bc(s, prefix) for prefix in ("final_return", "mean_return"))
         label = ALGO_LABELS.get(str(s["algo"]), s["algo"])
         lines.append(
-            f"| {s['task']} | {label} | {metric} | {final} | {best} | {final_return} | {s['seeds_ok']}/{s['seeds']} "
-            f"| {s['notes']} |"
+            f"| {s['task']} | {label} | {metric} | {final} | {best} | {final_return} | {vs_bc} "
+            f"| {s['seeds_ok']}/{s['seeds']} | {s['notes']} |"
         )
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -247,12 +286,14 @@ def learn(out: Path) -> int:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.task, run.algo), []).append(run)
-    summaries = [summarise(g, out) for g in groups.values()]
+    summaries = [
+        summarise(g, groups.get((task, "bc"), []) if algo != "bc" else [], out) for (task, algo), g in groups.items()
+    ]
 
     run_rows = [
         {"task": r.task, "algo": r.algo, "seed": r.seed, "status": r.status, "exit_code": r.exit_code,
          "log": r.log.relative_to(out), "metric": r.metric, "final": r.final, "best": r.best,
-         "final_return": r.final_return,
+         "final_return": r.final_return, "mean_return": r.mean_return,
          "final_step": r.curve[-1][0] if r.curve else "", "evaluations": len(r.curve), "wall_s": r.wall_s}
         for r in runs
     ]  # fmt: skip

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, import_script, run_script
 
 ALGOS = ["meanflowql", "ofql", "mvp", "bc"]
 OFFLINE_TASKS = ["cube-single-play-singletask-v0", "pointmaze-medium-navigate-singletask-v0", "pointmaze-umaze"]
@@ -58,7 +58,10 @@ def test_failed_job_is_reported(sweeps) -> None:
     (bad,) = [r for r in after["runs"] if r["status"] != "ok"]
     assert (bad["algo"], bad["task"], bad["exit_code"], bad["status"]) == ("mvp", OFFLINE_TASKS[1], "2", "failed")
     (row,) = [line for line in after["md"].splitlines() if "failed" in line]
-    assert row == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | — | 0/1 | s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
+    assert (
+        row
+        == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | — | — | — | 0/1 | s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
+    )
 
 
 def test_second_sweep_reruns_the_failed_job_and_skips_the_rest(sweeps) -> None:
@@ -85,6 +88,8 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
         assert r["final_return_mean"] != ""
         if not online:
             assert 0 <= float(r["final_mean"]) <= float(r["best_mean"]) <= 1
+        paired = "1" if r["algo"] not in ("bc", "som") else "0"  # one seed, paired with BC's on the same task
+        assert r["final_return_vs_bc_pairs"] == r["mean_return_vs_bc_pairs"] == paired
     md = (out / "learn.md").read_text()
     assert "bash benchmark.sh learn --seeds 1 --steps 20 --online-steps 200 --episodes 2" in md
     table = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
@@ -97,6 +102,30 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
         assert plots == sorted(f"learn_{task}.png" for task in OFFLINE_TASKS + ONLINE_TASKS)
     else:
         assert plots == [] and "matplotlib is not installed" in second.stdout
+
+
+def test_paired_comparison_with_bc_by_seed() -> None:
+    aggregate = import_script("aggregate")
+
+    def run(algo: str, seed: int, returns: list[float], status: str = "ok"):
+        r = aggregate.Run(f"{algo}__s{seed}", algo, "task", seed, "offline", Path("."), status)
+        r.returns = list(enumerate(returns))
+        return r
+
+    bc = [run("bc", 1, [0, 10]), run("bc", 2, [0, 30]), run("bc", 3, [0, 20]), run("bc", 5, [0, 0], "failed")]
+    runs = [run("ofql", s, [0, r]) for s, r in [(1, 14), (2, 30), (3, 28), (4, 99), (5, 99)]]
+    final = aggregate.paired_vs_bc(runs, bc, "final_return")
+    # seeds 1-3 pair (4 has no BC run, 5's failed); differences 4, 0 (a tie) and 8: 2 of 2 untied better, p = 1/4
+    assert final == {
+        "final_return_vs_bc_mean": 4.0,
+        "final_return_vs_bc_std": 4.0,
+        "final_return_vs_bc_better": 2,
+        "final_return_vs_bc_pairs": 3,
+        "final_return_vs_bc_p": 0.25,
+    }
+    worse = aggregate.paired_vs_bc([run("ofql", 1, [0, 5]), run("ofql", 2, [0, 40])], bc, "mean_return")
+    assert (worse["mean_return_vs_bc_mean"], worse["mean_return_vs_bc_better"]) == (1.25, 1)  # -2.5 and +5
+    assert worse["mean_return_vs_bc_p"] == 0.75  # P(at least 1 of 2 better)
 
 
 def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
