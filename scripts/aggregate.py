@@ -5,7 +5,7 @@
 
 `learn` writes, next to learn_jobs.tsv:
   learn_runs.csv    one row per job: status (ok / failed / missing), exit code, log (relative to the sweep's directory),
-                    final and best metric, final return, wall time
+                    final and best metric, final return, return averaged over the evaluations, wall time
   learn.csv         one row per (task, algorithm): final and best metric and final return, mean and std over the seeds
                     that finished, and the final and mean return minus BC's, paired by seed (see paired_vs_bc)
   learn.md          the same as a markdown table, naming every failed or missing run
@@ -144,7 +144,7 @@ def fmt(mean: float, std: float, metric: str) -> str:
     return f"{mean * scale:.1f}" + ("" if math.isnan(std) else f" ± {std * scale:.1f}")
 
 
-def paired_vs_bc(runs: list[Run], bc_runs: list[Run], prefix: str) -> dict[str, float]:
+def paired_vs_bc(runs: list[Run], bc_runs: list[Run], prefix: str) -> dict[str, float | int]:
     """`prefix` (final_return or mean_return) minus BC's on the same task, paired by seed: a seed's runs share the
     dataset and the evaluation starts (env seeds seed + 10_000 + i), so the difference removes the spread of the
     starts. Returns the mean and std of the differences, how many seeds are better, of how many pairs, and the
