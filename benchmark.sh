@@ -19,7 +19,9 @@ learn  Learning evidence on data generated here:
          offline  meanflowql, ofql, mvp (--online-steps 0) and bc on cube-single-play-singletask-v0 and
                   pointmaze-medium-navigate-singletask-v0 (OGBench's oracles, scripts/make_ogbench_dataset.py) and
                   pointmaze-umaze (a stand-in of D4RL/pointmaze/umaze-v2 from a noisy waypoint controller,
-                  scripts/make_minari_dataset.py), --steps gradient steps each, default networks;
+                  scripts/make_minari_dataset.py) and pointmaze-umaze-mixed (the same env, with half of the
+                  controller's steps replaced by uniform random actions: data that behaviour cloning copies),
+                  --steps gradient steps each, default networks;
                   bc = algos/ofql.py --eta 0 --eval-candidates 1: OFQL's one-step MeanFlow behaviour cloning with
                   neither the Q term in the actor loss nor Q-based action selection (its critic trains but is unused)
          online   som on InvertedPendulum-v5 and HalfCheetah-v4, --online-steps environment steps each
@@ -31,7 +33,7 @@ learn  Learning evidence on data generated here:
   --steps K            offline gradient steps per run                                    (100000)
   --online-steps S     SOM environment steps per run                                     (100000)
   --episodes E         OGBench: train episodes of 1001 steps, plus E/10 validation       (1000, OGBench's size)
-                       pointmaze-umaze: episodes of 300 steps (the eval episode limit)
+                       pointmaze-umaze(-mixed): episodes of 300 steps (the eval episode limit)
   --eval-episodes M    episodes per evaluation                                           (20)
   --evals V            evaluations per run, evenly spaced: the points of each curve      (10)
   --workers W          jobs at once; each gets nproc/W CPU threads (min 1)               (nproc)
@@ -82,22 +84,39 @@ speed() {
 # --- learn -----------------------------------------------------------------------------------------------------------
 
 OFFLINE_ALGOS=(meanflowql ofql mvp bc)
-OFFLINE_TASKS=(cube-single-play-singletask-v0 pointmaze-medium-navigate-singletask-v0 pointmaze-umaze)
+OFFLINE_TASKS=(cube-single-play-singletask-v0 pointmaze-medium-navigate-singletask-v0 pointmaze-umaze
+  pointmaze-umaze-mixed)
 ONLINE_TASKS=(InvertedPendulum-v5 HalfCheetah-v4)
 UMAZE=D4RL/pointmaze/umaze-v2  # what --env-id pointmaze-umaze reads: a Minari stand-in made by make_minari_dataset.py
 UMAZE_STEPS=300                # rows per stand-in episode: the eval env's episode limit
+MIXED_RANDOM_PROB=0.5          # pointmaze-umaze-mixed: probability of a uniform random step instead of the controller's
 
 dataset_of() {  # offline task -> the dataset it reads (an OGBench file stem, or the Minari stand-in)
   case $1 in
     cube-single-play-singletask-v0) echo cube-single-play-v0 ;;
     pointmaze-medium-navigate-singletask-v0) echo pointmaze-medium-navigate-v0 ;;
     pointmaze-umaze) echo minari-pointmaze-umaze ;;
+    pointmaze-umaze-mixed) echo minari-pointmaze-umaze-mixed ;;
+  esac
+}
+
+env_id_of() {  # offline task -> the scripts' --env-id (both UMaze tasks are D4RL/pointmaze/umaze-v2, in two roots)
+  case $1 in
+    pointmaze-umaze*) echo pointmaze-umaze ;;
+    *) echo "$1" ;;
+  esac
+}
+
+minari_dir_of() {  # Minari stand-in -> its MINARI_DATASETS_PATH
+  case $1 in
+    minari-pointmaze-umaze) echo "$out/data/minari-${episodes}x${umaze_steps}" ;;
+    minari-pointmaze-umaze-mixed) echo "$out/data/minari-random${MIXED_RANDOM_PROB}-${episodes}x${umaze_steps}" ;;
   esac
 }
 
 have_dataset() {
   if [[ $1 == minari-* ]]; then
-    [[ -f $minari_dir/$UMAZE/data/metadata.json ]]
+    [[ -f $(minari_dir_of "$1")/$UMAZE/data/metadata.json ]]
   else
     [[ -f $data_dir/$1.npz && -f $data_dir/$1-val.npz ]]
   fi
@@ -131,7 +150,7 @@ learn() {
       script=$algo
       [[ $algo == bc ]] && script=ofql
       for ((seed = 1; seed <= seeds; seed++)); do
-        add_job offline "$algo" "$task" "$seed" "$ROOT/algos/$script.py" --env-id "$task" \
+        add_job offline "$algo" "$task" "$seed" "$ROOT/algos/$script.py" --env-id "$(env_id_of "$task")" \
           ${data_flags[@]+"${data_flags[@]}"} --seed "$seed" --offline-steps "$steps" --online-steps 0 \
           --eval-interval "$(at_least_1 $((steps / evals)))" --eval-episodes "$eval_episodes" \
           --log-interval "$(at_least_1 $((steps / 20)))"
@@ -216,7 +235,6 @@ parse_learn_args() {  # the sweep's settings, as globals
   data_dir="$out/data/ogbench-${episodes}x${ep_steps}"
   umaze_steps=$UMAZE_STEPS
   ((tiny)) && umaze_steps=$ep_steps
-  minari_dir="$out/data/minari-${episodes}x${umaze_steps}"
   # The command that reproduces this sweep, for the reports.
   sweep="bash benchmark.sh learn --seeds $seeds --steps $steps --online-steps $online_steps --episodes $episodes"
   sweep+=" --eval-episodes $eval_episodes --evals $evals"
@@ -233,7 +251,7 @@ add_job() {  # kind algo task seed script flags...: list the job in learn_jobs.t
   shift 4
   local name="${algo}__${task}__s${seed}"
   [[ -z $only || $name =~ $only ]] || return 0
-  local dir="$out/runs/$name" pattern command
+  local dir="$out/runs/$name" pattern command minari_export=""
   local -a flags=("$@") extra
   if ((tiny)); then
     read -ra extra <<<"$(tiny_flags "$algo")"
@@ -251,6 +269,8 @@ add_job() {  # kind algo task seed script flags...: list the job in learn_jobs.t
   done
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$algo" "$task" "$seed" "$kind" "$dir" >>"$out/learn_jobs.tsv.tmp"
   command=$(printf '%q ' "${flags[@]}")
+  [[ $kind == offline && $(dataset_of "$task") == minari-* ]] &&
+    minari_export="export MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$(dataset_of "$task")")")"
   if [[ -f $dir/DONE ]]; then
     if [[ $(<"$dir/DONE") == "$command" ]]; then
       skipped=$((skipped + 1))
@@ -264,7 +284,7 @@ add_job() {  # kind algo task seed script flags...: list the job in learn_jobs.t
 #!/usr/bin/env bash
 # One job of '$sweep', written by benchmark.sh: the script writes runs/ here, its output goes to train.log.
 cd "\$(dirname "\$0")" || exit 1
-export MINARI_DATASETS_PATH=$(printf '%q' "$minari_dir")
+$minari_export
 rm -rf runs DONE exit_code wall_s train.log
 start=\$SECONDS
 $(printf '%q ' "$PY")$command>train.log 2>&1
@@ -291,9 +311,10 @@ write_dataset_script() {  # dataset: the script that generates it (seed 0; OGBen
   local dataset=$1 file="$data_dir/make_$1.sh" command
   mkdir -p "$data_dir"
   if [[ $dataset == minari-* ]]; then  # noisy waypoint-controller episodes of the eval env's length
-    command="MINARI_DATASETS_PATH=$(printf '%q' "$minari_dir") $(printf '%q ' "$PY" \
+    command="MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$dataset")") $(printf '%q ' "$PY" \
       "$ROOT/scripts/make_minari_dataset.py" --dataset-id "$UMAZE" --policy waypoint --num-episodes "$episodes" \
       --max-episode-steps "$umaze_steps" --seed 0)"
+    [[ $dataset == *-mixed ]] && command+="--random-prob $MIXED_RANDOM_PROB "
   else
     command="$(printf '%q ' "$PY" "$ROOT/scripts/make_ogbench_dataset.py" --env-name "$dataset" --num-episodes \
       "$episodes" --max-episode-steps "$ep_steps" --seed 0 --dataset-dir "$data_dir")--num-workers"

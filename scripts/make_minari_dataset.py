@@ -180,13 +180,22 @@ class WaypointPolicy:
     """Noisy PD controller that follows BFS cell waypoints to ``desired_goal`` (PointMaze only).
 
     A light re-implementation of the idea in the Minari PointMaze generation script (P gain 10, D gain -1, Gaussian
-    action noise), re-planning whenever the goal changes.
+    action noise), re-planning whenever the goal changes. With probability ``random_prob`` a step takes a uniform
+    random action instead: suboptimal data, on which behaviour cloning copies the random steps and Q-learning need not.
     """
 
-    def __init__(self, env: gym.Env, noise: float, rng: np.random.Generator, kp: float = 10.0, kd: float = 1.0):
+    def __init__(
+        self,
+        env: gym.Env,
+        noise: float,
+        rng: np.random.Generator,
+        random_prob: float = 0.0,
+        kp: float = 10.0,
+        kd: float = 1.0,
+    ):
         self.maze = env.unwrapped.maze
         self.free = np.array([[c != 1 for c in row] for row in self.maze.maze_map], dtype=bool)
-        self.noise, self.rng, self.kp, self.kd = noise, rng, kp, kd
+        self.noise, self.rng, self.random_prob, self.kp, self.kd = noise, rng, random_prob, kp, kd
         self._next: dict[tuple[int, int], dict[tuple[int, int], tuple[int, int]]] = {}
 
     def _next_cells(self, goal: tuple[int, int]) -> dict[tuple[int, int], tuple[int, int]]:
@@ -203,6 +212,8 @@ class WaypointPolicy:
         return self._next[goal]
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.random_prob > 0 and self.rng.random() < self.random_prob:
+            return self.rng.uniform(-1.0, 1.0, 2)
         pos, vel, goal = obs["achieved_goal"], obs["observation"][2:4], obs["desired_goal"]
         goal_cell = tuple(int(v) for v in self.maze.cell_xy_to_rowcol(goal))
         cell = tuple(int(v) for v in self.maze.cell_xy_to_rowcol(pos))
@@ -272,6 +283,7 @@ def make_dataset(
     seed: int = 0,
     policy: str = "random",
     action_noise: float = 0.5,
+    random_prob: float = 0.0,
     overwrite: bool = False,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
@@ -288,6 +300,10 @@ def make_dataset(
         raise ValueError("--policy waypoint is only implemented for PointMaze (AntMaze needs a learned ant policy)")
     if num_episodes < 1 or max_episode_steps < 1:
         raise ValueError("num_episodes and max_episode_steps must be >= 1")
+    if not 0.0 <= random_prob <= 1.0:
+        raise ValueError(f"random_prob must be in [0, 1], got {random_prob}")
+    if random_prob > 0 and policy != "waypoint":
+        raise ValueError("random_prob mixes random steps into --policy waypoint; --policy random is random already")
     if dataset_exists(dataset_id):
         if not overwrite:
             raise FileExistsError(
@@ -299,13 +315,15 @@ def make_dataset(
     env, eval_env = make_envs(dataset_id, max_episode_steps)
     env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
-    behaviour = "random" if policy == "random" else WaypointPolicy(env, action_noise, rng)
+    behaviour = "random" if policy == "random" else WaypointPolicy(env, action_noise, rng, random_prob)
     episodes = [rollout_episode(env, cfg.family, behaviour, seed + i, i, rng) for i in range(num_episodes)]
 
     eval_steps = eval_env.spec.max_episode_steps
     ref_min = 0.0 if ref_min_score is None else float(ref_min_score)
     ref_max = float(eval_steps) if ref_max_score is None else float(ref_max_score)
     algo = "random" if policy == "random" else f"waypoint-PD+noise{action_noise}"
+    if random_prob > 0:
+        algo += f"+random{random_prob}"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is out of date.*")
         dataset = minari.create_dataset_from_buffers(
@@ -340,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", choices=POLICIES, default="random", help="waypoint: noisy PD controller, PointMaze only")
     p.add_argument("--action-noise", type=float, default=0.5, help="Gaussian action noise std for --policy waypoint")
+    p.add_argument(
+        "--random-prob", type=float, default=0.0, help="--policy waypoint: probability of a uniform random step instead"
+    )
     p.add_argument("--ref-min-score", type=float, default=None, help="default 0 (placeholder)")
     p.add_argument("--ref-max-score", type=float, default=None, help="default: eval env max_episode_steps")
     p.add_argument("--overwrite", action="store_true", help="delete and recreate an existing dataset")
@@ -367,6 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         policy=args.policy,
         action_noise=args.action_noise,
+        random_prob=args.random_prob,
         overwrite=args.overwrite,
         ref_min_score=args.ref_min_score,
         ref_max_score=args.ref_max_score,

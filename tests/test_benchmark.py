@@ -13,7 +13,12 @@ import pytest
 from conftest import ROOT, import_script, run_script
 
 ALGOS = ["meanflowql", "ofql", "mvp", "bc"]
-OFFLINE_TASKS = ["cube-single-play-singletask-v0", "pointmaze-medium-navigate-singletask-v0", "pointmaze-umaze"]
+OFFLINE_TASKS = [
+    "cube-single-play-singletask-v0",
+    "pointmaze-medium-navigate-singletask-v0",
+    "pointmaze-umaze",
+    "pointmaze-umaze-mixed",
+]
 ONLINE_TASKS = ["InvertedPendulum-v5", "HalfCheetah-v4"]
 PAIRS = [(task, algo) for task in OFFLINE_TASKS for algo in ALGOS] + [(task, "som") for task in ONLINE_TASKS]
 BAD_JOB = "mvp__pointmaze-medium-navigate-singletask-v0__s1"  # gets a flag mvp.py rejects in the first sweep
@@ -53,7 +58,7 @@ def test_failed_job_is_reported(sweeps) -> None:
     assert first.returncode == 1, first.stdout + first.stderr  # a failed job fails the sweep, after the reports
     log = sweeps["out"] / "runs" / BAD_JOB / "train.log"
     assert f"FAILED  {BAD_JOB}: exit 2, log {log}" in first.stdout  # by the job, then in the summary
-    assert "[learn] 13 ok, 1 failed, 0 missing of 14 jobs" in first.stdout
+    assert "[learn] 17 ok, 1 failed, 0 missing of 18 jobs" in first.stdout
     assert "no-such-flag" in after["log"]  # the script's own error is in the log
     (bad,) = [r for r in after["runs"] if r["status"] != "ok"]
     assert (bad["algo"], bad["task"], bad["exit_code"], bad["status"]) == ("mvp", OFFLINE_TASKS[1], "2", "failed")
@@ -67,13 +72,13 @@ def test_failed_job_is_reported(sweeps) -> None:
 def test_second_sweep_reruns_the_failed_job_and_skips_the_rest(sweeps) -> None:
     out, second = sweeps["out"], sweeps["second"]
     assert second.returncode == 0, second.stdout + second.stderr
-    assert ": 1 to run, 13 finished before (skipped)" in second.stdout
+    assert ": 1 to run, 17 finished before (skipped)" in second.stdout
     assert [line.split()[2] for line in second.stdout.splitlines() if line.startswith("[learn] done")] == [BAD_JOB]
     for run_dir in (out / "runs").iterdir():
         (eval_file,) = run_dir.glob("runs/*/eval.jsonl")
         rerun = eval_file.stat().st_mtime > sweeps["after_first"]["done"]
         assert rerun == (run_dir.name == BAD_JOB)  # the finished jobs were not redone
-    assert "[learn] 14 ok, 0 failed, 0 missing of 14 jobs" in second.stdout
+    assert "[learn] 18 ok, 0 failed, 0 missing of 18 jobs" in second.stdout
 
 
 def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
@@ -97,6 +102,12 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
     assert "| pointmaze-medium-navigate-singletask-v0 | BC (OFQL, η = 0, one candidate) | success (%) |" in md
     bc_command = (out / "runs" / "bc__cube-single-play-singletask-v0__s1" / "DONE").read_text()
     assert "algos/ofql.py" in bc_command and bc_command.endswith("--eta 0 --eval-candidates 1 --exp-name bc ")
+    # pointmaze-umaze-mixed: the UMaze env on its own stand-in, half of whose steps are uniform random actions
+    mixed_job = (out / "runs" / "ofql__pointmaze-umaze-mixed__s1" / "job.sh").read_text()
+    assert f"export MINARI_DATASETS_PATH={out}/data/minari-random0.5-2x60\n" in mixed_job
+    assert "--env-id pointmaze-umaze --seed 1" in mixed_job
+    (metadata,) = (out / "data" / "minari-random0.5-2x60").glob("**/metadata.json")
+    assert "waypoint-PD+noise0.5+random0.5 policy" in metadata.read_text()
     plots = sorted(p.name for p in out.glob("learn_*.png"))
     if HAS_MATPLOTLIB:
         assert plots == sorted(f"learn_{task}.png" for task in OFFLINE_TASKS + ONLINE_TASKS)
@@ -140,7 +151,7 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     proc = bench("learn", "--tiny", "--slurm", "--sbatch", "--partition=gpu --gres=gpu:1", out=out, path=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (tmp_path / "sbatch_calls").exists() and "not submitted" in proc.stdout
-    for sweep, n in [("datasets", 3), ("offline", 12), ("online", 2)]:
+    for sweep, n in [("datasets", 4), ("offline", 16), ("online", 2)]:
         script = (out / "slurm" / f"{sweep}.sbatch").read_text()
         assert f"#SBATCH --array=0-{n - 1}\n" in script and "#SBATCH --partition=gpu\n#SBATCH --gres=gpu:1\n" in script
         assert script.count("job.sh" if sweep != "datasets" else "make_") == n
@@ -156,11 +167,11 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = (tmp_path / "sbatch_calls").read_text().splitlines()
     assert calls == [
-        f"--parsable {out}/slurm/datasets.sbatch",  # the other two datasets are still missing
+        f"--parsable {out}/slurm/datasets.sbatch",  # the other three datasets are still missing
         f"--parsable --dependency=afterok:42 {out}/slurm/offline.sbatch",
         f"--parsable {out}/slurm/online.sbatch",
     ]
-    assert "#SBATCH --array=0-1\n" in (out / "slurm" / "datasets.sbatch").read_text()
+    assert "#SBATCH --array=0-2\n" in (out / "slurm" / "datasets.sbatch").read_text()
 
 
 def test_bad_options_are_refused(tmp_path) -> None:

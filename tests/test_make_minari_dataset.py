@@ -108,6 +108,23 @@ def test_pointmaze_waypoint_dataset(minari_root):
     np.testing.assert_allclose(minari.get_normalized_score(ds, np.array([150.0])), [0.5])
 
 
+def test_waypoint_random_steps():
+    env, _ = mmd.make_envs("D4RL/pointmaze/umaze-v2", max_episode_steps=10)
+    obs, _ = env.reset(seed=0)
+    controller = mmd.WaypointPolicy(env, noise=0.0, rng=np.random.default_rng(0))(obs)
+    mixed = mmd.WaypointPolicy(env, noise=0.0, rng=np.random.default_rng(0), random_prob=0.5)
+    actions = np.stack([mixed(obs) for _ in range(2000)])
+    assert np.all(np.abs(actions) <= 1.0)
+    from_controller = np.all(actions == controller, axis=1)
+    assert 0.45 < from_controller.mean() < 0.55  # the rest are uniform random, never equal to the controller's
+    assert np.abs(actions[~from_controller].mean(0)).max() < 0.05 and actions[~from_controller].std(0).min() > 0.55
+    env.close()
+    with pytest.raises(ValueError, match="random_prob must be in"):
+        mmd.make_dataset("D4RL/pointmaze/umaze-v2", 1, 5, policy="waypoint", random_prob=1.5)
+    with pytest.raises(ValueError, match="random already"):
+        mmd.make_dataset("D4RL/pointmaze/umaze-v2", 1, 5, random_prob=0.5)
+
+
 def test_pointmaze_random_and_overwrite(minari_root):
     dataset_id = "D4RL/pointmaze/medium-dense-v2"
     ds = mmd.make_dataset(dataset_id, num_episodes=1, max_episode_steps=20, seed=3)
