@@ -19,9 +19,11 @@ learn  Learning evidence on data generated here:
          offline  meanflowql, ofql, mvp (--online-steps 0) and bc on cube-single-play-singletask-v0 and
                   pointmaze-medium-navigate-singletask-v0 (OGBench's oracles, scripts/make_ogbench_dataset.py) and
                   pointmaze-umaze (a stand-in of D4RL/pointmaze/umaze-v2 from a noisy waypoint controller,
-                  scripts/make_minari_dataset.py) and pointmaze-umaze-mixed (the same env, with half of the
-                  controller's steps replaced by uniform random actions: data that behaviour cloning copies),
-                  --steps gradient steps each, default networks;
+                  scripts/make_minari_dataset.py), pointmaze-umaze-mixed (the same env, with half of the
+                  controller's steps replaced by uniform random actions) and invertedpendulum-mixed (a stand-in of
+                  mujoco/invertedpendulum/medium-v0: a balancing controller with half of its steps random,
+                  scripts/make_pendulum_dataset.py); the -mixed data are what behaviour cloning copies and a
+                  critic can see through; --steps gradient steps each, default networks;
                   bc = algos/ofql.py --eta 0 --eval-candidates 1: OFQL's one-step MeanFlow behaviour cloning with
                   neither the Q term in the actor loss nor Q-based action selection (its critic trains but is unused)
          online   som on InvertedPendulum-v5 and HalfCheetah-v4, --online-steps environment steps each
@@ -34,6 +36,7 @@ learn  Learning evidence on data generated here:
   --online-steps S     SOM environment steps per run                                     (100000)
   --episodes E         OGBench: train episodes of 1001 steps, plus E/10 validation       (1000, OGBench's size)
                        pointmaze-umaze(-mixed): episodes of 300 steps (the eval episode limit)
+                       invertedpendulum-mixed: episodes until the pole falls (about 55 steps)
   --eval-episodes M    episodes per evaluation                                           (20)
   --evals V            evaluations per run, evenly spaced: the points of each curve      (10)
   --workers W          jobs at once; each gets nproc/W CPU threads (min 1)               (nproc)
@@ -85,11 +88,12 @@ speed() {
 
 OFFLINE_ALGOS=(meanflowql ofql mvp bc)
 OFFLINE_TASKS=(cube-single-play-singletask-v0 pointmaze-medium-navigate-singletask-v0 pointmaze-umaze
-  pointmaze-umaze-mixed)
+  pointmaze-umaze-mixed invertedpendulum-mixed)
 ONLINE_TASKS=(InvertedPendulum-v5 HalfCheetah-v4)
 UMAZE=D4RL/pointmaze/umaze-v2  # what --env-id pointmaze-umaze reads: a Minari stand-in made by make_minari_dataset.py
 UMAZE_STEPS=300                # rows per stand-in episode: the eval env's episode limit
-MIXED_RANDOM_PROB=0.5          # pointmaze-umaze-mixed: probability of a uniform random step instead of the controller's
+PENDULUM=mujoco/invertedpendulum/medium-v0  # what invertedpendulum-mixed reads: a stand-in by make_pendulum_dataset.py
+MIXED_RANDOM_PROB=0.5          # the -mixed tasks: probability of a uniform random step instead of the controller's
 
 dataset_of() {  # offline task -> the dataset it reads (an OGBench file stem, or the Minari stand-in)
   case $1 in
@@ -97,12 +101,14 @@ dataset_of() {  # offline task -> the dataset it reads (an OGBench file stem, or
     pointmaze-medium-navigate-singletask-v0) echo pointmaze-medium-navigate-v0 ;;
     pointmaze-umaze) echo minari-pointmaze-umaze ;;
     pointmaze-umaze-mixed) echo minari-pointmaze-umaze-mixed ;;
+    invertedpendulum-mixed) echo minari-invertedpendulum-mixed ;;
   esac
 }
 
 env_id_of() {  # offline task -> the scripts' --env-id (both UMaze tasks are D4RL/pointmaze/umaze-v2, in two roots)
   case $1 in
     pointmaze-umaze*) echo pointmaze-umaze ;;
+    invertedpendulum-mixed) echo "$PENDULUM" ;;
     *) echo "$1" ;;
   esac
 }
@@ -111,12 +117,15 @@ minari_dir_of() {  # Minari stand-in -> its MINARI_DATASETS_PATH
   case $1 in
     minari-pointmaze-umaze) echo "$out/data/minari-${episodes}x${umaze_steps}" ;;
     minari-pointmaze-umaze-mixed) echo "$out/data/minari-random${MIXED_RANDOM_PROB}-${episodes}x${umaze_steps}" ;;
+    minari-invertedpendulum-mixed) echo "$out/data/minari-pendulum-random${MIXED_RANDOM_PROB}-${episodes}" ;;
   esac
 }
 
 have_dataset() {
   if [[ $1 == minari-* ]]; then
-    [[ -f $(minari_dir_of "$1")/$UMAZE/data/metadata.json ]]
+    local id=$UMAZE
+    [[ $1 == *pendulum* ]] && id=$PENDULUM
+    [[ -f $(minari_dir_of "$1")/$id/data/metadata.json ]]
   else
     [[ -f $data_dir/$1.npz && -f $data_dir/$1-val.npz ]]
   fi
@@ -310,7 +319,10 @@ EOF
 write_dataset_script() {  # dataset: the script that generates it (seed 0; OGBench's with all workers)
   local dataset=$1 file="$data_dir/make_$1.sh" command
   mkdir -p "$data_dir"
-  if [[ $dataset == minari-* ]]; then  # noisy waypoint-controller episodes of the eval env's length
+  if [[ $dataset == minari-invertedpendulum-* ]]; then
+    command="MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$dataset")") $(printf '%q ' "$PY" \
+      "$ROOT/scripts/make_pendulum_dataset.py" --num-episodes "$episodes" --random-prob "$MIXED_RANDOM_PROB" --seed 0)"
+  elif [[ $dataset == minari-* ]]; then  # noisy waypoint-controller episodes of the eval env's length
     command="MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$dataset")") $(printf '%q ' "$PY" \
       "$ROOT/scripts/make_minari_dataset.py" --dataset-id "$UMAZE" --policy waypoint --num-episodes "$episodes" \
       --max-episode-steps "$umaze_steps" --seed 0)"

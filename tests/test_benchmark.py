@@ -18,6 +18,7 @@ OFFLINE_TASKS = [
     "pointmaze-medium-navigate-singletask-v0",
     "pointmaze-umaze",
     "pointmaze-umaze-mixed",
+    "invertedpendulum-mixed",
 ]
 ONLINE_TASKS = ["InvertedPendulum-v5", "HalfCheetah-v4"]
 PAIRS = [(task, algo) for task in OFFLINE_TASKS for algo in ALGOS] + [(task, "som") for task in ONLINE_TASKS]
@@ -58,7 +59,7 @@ def test_failed_job_is_reported(sweeps) -> None:
     assert first.returncode == 1, first.stdout + first.stderr  # a failed job fails the sweep, after the reports
     log = sweeps["out"] / "runs" / BAD_JOB / "train.log"
     assert f"FAILED  {BAD_JOB}: exit 2, log {log}" in first.stdout  # by the job, then in the summary
-    assert "[learn] 17 ok, 1 failed, 0 missing of 18 jobs" in first.stdout
+    assert "[learn] 21 ok, 1 failed, 0 missing of 22 jobs" in first.stdout
     assert "no-such-flag" in after["log"]  # the script's own error is in the log
     (bad,) = [r for r in after["runs"] if r["status"] != "ok"]
     assert (bad["algo"], bad["task"], bad["exit_code"], bad["status"]) == ("mvp", OFFLINE_TASKS[1], "2", "failed")
@@ -72,13 +73,13 @@ def test_failed_job_is_reported(sweeps) -> None:
 def test_second_sweep_reruns_the_failed_job_and_skips_the_rest(sweeps) -> None:
     out, second = sweeps["out"], sweeps["second"]
     assert second.returncode == 0, second.stdout + second.stderr
-    assert ": 1 to run, 17 finished before (skipped)" in second.stdout
+    assert ": 1 to run, 21 finished before (skipped)" in second.stdout
     assert [line.split()[2] for line in second.stdout.splitlines() if line.startswith("[learn] done")] == [BAD_JOB]
     for run_dir in (out / "runs").iterdir():
         (eval_file,) = run_dir.glob("runs/*/eval.jsonl")
         rerun = eval_file.stat().st_mtime > sweeps["after_first"]["done"]
         assert rerun == (run_dir.name == BAD_JOB)  # the finished jobs were not redone
-    assert "[learn] 18 ok, 0 failed, 0 missing of 18 jobs" in second.stdout
+    assert "[learn] 22 ok, 0 failed, 0 missing of 22 jobs" in second.stdout
 
 
 def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
@@ -87,11 +88,11 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
     assert [(r["task"], r["algo"]) for r in rows] == PAIRS
     for r in rows:
         online = r["algo"] == "som"
-        assert r["metric"] == ("episodic_return" if online else "success_rate")
+        assert r["metric"] == ("episodic_return" if online or "pendulum" in r["task"] else "success_rate")
         assert (r["seeds_ok"], r["seeds"], r["final_step"]) == ("1", "1", "200" if online else "20")
         assert r["final_mean"] != "" and r["final_std"] == "" and r["notes"] == ""  # one seed: no std
         assert r["final_return_mean"] != ""
-        if not online:
+        if r["metric"] == "success_rate":
             assert 0 <= float(r["final_mean"]) <= float(r["best_mean"]) <= 1
         paired = "1" if r["algo"] not in ("bc", "som") else "0"  # one seed, paired with BC's on the same task
         assert r["final_return_vs_bc_pairs"] == r["mean_return_vs_bc_pairs"] == paired
@@ -108,6 +109,9 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
     assert "--env-id pointmaze-umaze --seed 1" in mixed_job
     (metadata,) = (out / "data" / "minari-random0.5-2x60").glob("**/metadata.json")
     assert "waypoint-PD+noise0.5+random0.5 policy" in metadata.read_text()
+    pendulum_job = (out / "runs" / "bc__invertedpendulum-mixed__s1" / "job.sh").read_text()
+    assert f"export MINARI_DATASETS_PATH={out}/data/minari-pendulum-random0.5-2\n" in pendulum_job
+    assert "--env-id mujoco/invertedpendulum/medium-v0 --seed 1" in pendulum_job
     plots = sorted(p.name for p in out.glob("learn_*.png"))
     if HAS_MATPLOTLIB:
         assert plots == sorted(f"learn_{task}.png" for task in OFFLINE_TASKS + ONLINE_TASKS)
@@ -151,7 +155,7 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     proc = bench("learn", "--tiny", "--slurm", "--sbatch", "--partition=gpu --gres=gpu:1", out=out, path=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (tmp_path / "sbatch_calls").exists() and "not submitted" in proc.stdout
-    for sweep, n in [("datasets", 4), ("offline", 16), ("online", 2)]:
+    for sweep, n in [("datasets", 5), ("offline", 20), ("online", 2)]:
         script = (out / "slurm" / f"{sweep}.sbatch").read_text()
         assert f"#SBATCH --array=0-{n - 1}\n" in script and "#SBATCH --partition=gpu\n#SBATCH --gres=gpu:1\n" in script
         assert script.count("job.sh" if sweep != "datasets" else "make_") == n
@@ -167,11 +171,11 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = (tmp_path / "sbatch_calls").read_text().splitlines()
     assert calls == [
-        f"--parsable {out}/slurm/datasets.sbatch",  # the other three datasets are still missing
+        f"--parsable {out}/slurm/datasets.sbatch",  # the other four datasets are still missing
         f"--parsable --dependency=afterok:42 {out}/slurm/offline.sbatch",
         f"--parsable {out}/slurm/online.sbatch",
     ]
-    assert "#SBATCH --array=0-2\n" in (out / "slurm" / "datasets.sbatch").read_text()
+    assert "#SBATCH --array=0-3\n" in (out / "slurm" / "datasets.sbatch").read_text()
 
 
 def test_bad_options_are_refused(tmp_path) -> None:
