@@ -121,11 +121,16 @@ minari_dir_of() {  # Minari stand-in -> its MINARI_DATASETS_PATH
   esac
 }
 
+minari_id_of() {  # Minari stand-in -> its dataset id
+  case $1 in
+    minari-pointmaze-umaze*) echo "$UMAZE" ;;
+    minari-invertedpendulum-mixed) echo "$PENDULUM" ;;
+  esac
+}
+
 have_dataset() {
   if [[ $1 == minari-* ]]; then
-    local id=$UMAZE
-    [[ $1 == *pendulum* ]] && id=$PENDULUM
-    [[ -f $(minari_dir_of "$1")/$id/data/metadata.json ]]
+    [[ -f $(minari_dir_of "$1")/$(minari_id_of "$1")/data/metadata.json ]]
   else
     [[ -f $data_dir/$1.npz && -f $data_dir/$1-val.npz ]]
   fi
@@ -319,14 +324,16 @@ EOF
 write_dataset_script() {  # dataset: the script that generates it (seed 0; OGBench's with all workers)
   local dataset=$1 file="$data_dir/make_$1.sh" command
   mkdir -p "$data_dir"
-  if [[ $dataset == minari-invertedpendulum-* ]]; then
-    command="MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$dataset")") $(printf '%q ' "$PY" \
-      "$ROOT/scripts/make_pendulum_dataset.py" --num-episodes "$episodes" --random-prob "$MIXED_RANDOM_PROB" --seed 0)"
-  elif [[ $dataset == minari-* ]]; then  # noisy waypoint-controller episodes of the eval env's length
-    command="MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$dataset")") $(printf '%q ' "$PY" \
-      "$ROOT/scripts/make_minari_dataset.py" --dataset-id "$UMAZE" --policy waypoint --num-episodes "$episodes" \
-      --max-episode-steps "$umaze_steps" --seed 0)"
-    [[ $dataset == *-mixed ]] && command+="--random-prob $MIXED_RANDOM_PROB "
+  if [[ $dataset == minari-* ]]; then
+    command="MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$dataset")") "
+    if [[ $dataset == minari-invertedpendulum-* ]]; then
+      command+="$(printf '%q ' "$PY" "$ROOT/scripts/make_pendulum_dataset.py" --num-episodes "$episodes" \
+        --random-prob "$MIXED_RANDOM_PROB" --seed 0)"
+    else  # noisy waypoint-controller episodes of the eval env's length
+      command+="$(printf '%q ' "$PY" "$ROOT/scripts/make_minari_dataset.py" --dataset-id "$UMAZE" --policy waypoint \
+        --num-episodes "$episodes" --max-episode-steps "$umaze_steps" --seed 0)"
+      [[ $dataset == *-mixed ]] && command+="--random-prob $MIXED_RANDOM_PROB "
+    fi
   else
     command="$(printf '%q ' "$PY" "$ROOT/scripts/make_ogbench_dataset.py" --env-name "$dataset" --num-episodes \
       "$episodes" --max-episode-steps "$ep_steps" --seed 0 --dataset-dir "$data_dir")--num-workers"
