@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -78,6 +79,9 @@ class Args:
     """write train.jsonl and print progress every this many steps"""
     reward_bias: Optional[float] = None
     """added to every reward offline and online; None = -1 for AntMaze (data §9), 0 otherwise"""
+    antmaze_goal: Literal["observe", "relabel"] = "observe"
+    """AntMaze: 'observe' keeps each episode's goal in the observation, with Minari's rewards for it; 'relabel' drops
+    it and rewards reaching the eval goal, D4RL-style (README "--env-id")"""
 
     # --- algorithm (spec §2-§3, §5, §7; [reconstructed] = not reported by the paper) ---
     discount: float = 0.99
@@ -150,32 +154,6 @@ ALIASES: dict[str, str] = {
 """short --env-id aliases -> Minari dataset ids (data §4); the paper's own tasks are OGBench singletask names"""
 
 
-class DatasetError(Exception):
-    """An expected, user-fixable problem (unknown id, missing dataset); printed without a traceback."""
-
-
-@dataclass
-class Task:
-    dataset_id: str
-    """resolved Minari id or OGBench name"""
-    family: str
-    """antmaze, pointmaze, kitchen, adroit, ogbench or minari"""
-    data: dict[str, np.ndarray]
-    """observations, actions, rewards, masks, dones, next_observations (rewards already transformed)"""
-    make_env: Callable[[], gym.Env]
-    """builds the evaluation / online environment"""
-    flatten_obs: Callable[[object], np.ndarray]
-    """env observation -> flat float32 vector, same layout as data['observations']"""
-    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
-    """raw returns -> normalised score x100 (None when the dataset has no reference scores)"""
-    reward_bias: float = 0.0
-    """added to rewards offline (already applied to data) and online"""
-
-
-def is_ogbench_name(env_id: str) -> bool:
-    return re.fullmatch(r"[a-z0-9-]+-singletask(-task\d)?-v\d", env_id) is not None
-
-
 def resolve_dataset_id(env_id: str) -> str:
     """--env-id -> Minari id or OGBench singletask name; unknown ids list the aliases."""
     if env_id in ALIASES:
@@ -195,108 +173,301 @@ def resolve_dataset_id(env_id: str) -> str:
     )
 
 
-def load_task(env_id: str, dataset_dir: str, reward_bias: Optional[float]) -> Task:
-    dataset_id = resolve_dataset_id(env_id)
-    task = load_ogbench(dataset_id, dataset_dir) if is_ogbench_name(dataset_id) else load_minari(dataset_id)
-    task.reward_bias = (-1.0 if task.family == "antmaze" else 0.0) if reward_bias is None else reward_bias
-    task.data["rewards"] = task.data["rewards"] + np.float32(task.reward_bias)  # antmaze: r - 1 (data §9)
-    task.data["actions"] = np.clip(task.data["actions"], -1 + 1e-5, 1 - 1e-5)  # data §8
+# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_data.py checks it) ---
+D4RL_GOAL_RADIUS = 0.5  # D4RL's AntMaze goal radius (relabel_antmaze_rewards.py); gymnasium-robotics uses 0.45
+STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not the real data): id pattern -> command
+    r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
+    r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
+    r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
+}
+
+
+class DatasetError(Exception):
+    """An expected, user-fixable problem (unknown id, missing or broken dataset); printed without a traceback."""
+
+
+@dataclass
+class Task:
+    dataset_id: str
+    family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
+    data: dict[str, np.ndarray]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
+    val_data: Optional[dict[str, np.ndarray]]  # OGBench's validation split (Minari has none)
+    make_env: Callable[[], gym.Env]  # the evaluation (and online) environment
+    flatten_obs: Callable[[object], np.ndarray]  # env observation -> the layout of data["observations"]
+    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]  # raw returns -> score x100
+    action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
+    action_high: Optional[np.ndarray] = None
+    reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
+    reward_bias: float = 0.0
+
+    def transform_reward(self, reward: np.ndarray) -> np.ndarray:
+        return (reward + np.float32(self.reward_bias)) * np.float32(self.reward_scale)
+
+    def env_action(self, action: np.ndarray) -> np.ndarray:
+        """[-1, 1] -> the env's units (InvertedPendulum: [-3, 3])."""
+        return (self.action_low + (action + 1) * 0.5 * (self.action_high - self.action_low)).astype(np.float32)
+
+
+def is_ogbench_name(env_id: str) -> bool:
+    return re.fullmatch(r"[a-z0-9-]+-singletask(-task\d)?-v\d", env_id) is not None
+
+
+def dataset_family(dataset_id: str) -> str:
+    if is_ogbench_name(dataset_id):
+        return "ogbench"
+    if dataset_id.startswith("mujoco/"):
+        return "mujoco"
+    family = dataset_id.split("/")[1] if dataset_id.startswith("D4RL/") else "minari"
+    return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
+
+
+def load_dataset(dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_scale: float, reward_bias: float) -> Task:
+    """The dataset as transitions, checked against its env (shapes, finite values, action bounds) before any compute;
+    actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale."""
+    task = (
+        load_ogbench(dataset_id, dataset_dir) if is_ogbench_name(dataset_id) else load_minari(dataset_id, antmaze_goal)
+    )
+    task.reward_scale, task.reward_bias = reward_scale, reward_bias
+    env = task.make_env()
+    space = env.action_space
+    if not (isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        raise DatasetError(f"'{dataset_id}': the env's action space {space} is not a bounded Box")
+    task.action_low, task.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
+    expected = {"observations": task.flatten_obs(env.observation_space.sample()).shape, "actions": space.shape}
+    env.close()
+    for split, data in (("", task.data), (" (validation split)", task.val_data)):
+        if data is None:
+            continue
+        n = len(data["rewards"])
+        if n == 0:
+            raise DatasetError(f"'{dataset_id}'{split} has no transitions")
+        for key, shape in expected.items():
+            if data[key].shape[1:] != shape:
+                raise DatasetError(
+                    f"'{dataset_id}'{split}: {key} have shape {data[key].shape[1:]} per step, but its env "
+                    f"({env.spec.id if env.spec else env}) has {shape}. Is the dataset from another env or version?"
+                )
+        for key, v in data.items():
+            bad = ~np.isfinite(v.reshape(n, -1)).all(1)
+            if bad.any():
+                raise DatasetError(
+                    f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} (first at index "
+                    f"{bad.argmax()})"
+                )
+        # actions -> [-1, 1] from the env's bounds; clipped to +-(1 - 1e-5) as in FQL and MeanFlowQL
+        unit = 2 * (data["actions"] - task.action_low) / (task.action_high - task.action_low) - 1
+        outside = (np.abs(unit) > 1 + 1e-3).any(1)
+        if outside.any():
+            print(
+                f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
+                f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.1% of the range; clipped"
+            )
+        data["actions"] = np.clip(unit, -1 + 1e-5, 1 - 1e-5).astype(np.float32)
+        data["rewards"] = task.transform_reward(data["rewards"])
     return task
 
 
-def load_minari(dataset_id: str) -> Task:
+def minari_offline_error(dataset_id: str, root: str, reason: str) -> DatasetError:
+    text = (
+        f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
+        f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
+    )
+    for pattern, script in STAND_INS.items():
+        if re.fullmatch(pattern, dataset_id):
+            text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
+    return DatasetError(text)
+
+
+def download_minari(dataset_id: str, root: str) -> None:
+    """Download from Minari's remote, failing at once when there is no network (not after ~25 s of retries)."""
+    import minari
+
+    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+    host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise minari_offline_error(dataset_id, root, "HF_HUB_OFFLINE is set")
+    if host is not None:
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            raise minari_offline_error(dataset_id, root, f"{host} cannot be reached to download it ({e})") from None
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as e:  # unknown remote id, missing optional package, ...
+        raise DatasetError(
+            f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded from {remote} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). `minari list remote` lists "
+            "the ids there."
+        ) from None
+
+
+def antmaze_eval_map(ds: object, dataset_id: str) -> Optional[list]:
+    """Minari's umaze eval maps (umaze and umaze-diverse) are walled unlike the maze the data come from: the gap in the
+    middle wall is on the other side (Minari issue #304). Rotated by 180 degrees, the eval map has the data's walls and
+    the same task (start and goal cells relative to the walls); return that map, or None when the walls agree."""
+    maps = []
+    for eval_env in (False, True):
+        env = ds.recover_environment(eval_env=eval_env)
+        maps.append(env.unwrapped.maze.maze_map)
+        env.close()
+
+    def walls(m: list) -> list:
+        return [[c == 1 for c in row] for row in m]
+
+    if walls(maps[0]) == walls(maps[1]):
+        return None
+    rotated = [row[::-1] for row in maps[1][::-1]]
+    if walls(rotated) != walls(maps[0]):
+        raise DatasetError(f"'{dataset_id}': the eval env's maze is walled unlike the data's maze")
+    print(f"notice: {dataset_id}: evaluating on the eval map rotated by 180 degrees, which has the data's walls")
+    return rotated
+
+
+class FixedGoalAntMaze(gym.Wrapper):
+    """D4RL's AntMaze task (--antmaze-goal relabel): one goal, the centre of the eval map's goal cell (no per-reset
+    noise); reward 1 and termination within 0.5 of it (D4RL goal_reaching_env.py with eval=True)."""
+
+    def __init__(self, env: gym.Env, goal: np.ndarray):
+        super().__init__(env)
+        self.goal = goal
+
+    def reset(self, **kwargs: object) -> tuple[dict, dict]:
+        obs, info = self.env.reset(**kwargs)
+        self.env.unwrapped.goal = self.goal.copy()
+        self.env.unwrapped.update_target_site_pos()
+        return {**obs, "desired_goal": self.goal.copy()}, info
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        obs, _, _, truncated, info = self.env.step(action)
+        reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
+        info["success"] = reached
+        return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
+
+
+def load_minari(dataset_id: str, antmaze_goal: str) -> Task:
     import gymnasium_robotics
     import minari
+    from minari.storage import get_dataset_path
 
     gym.register_envs(gymnasium_robotics)
     root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
-    local = dataset_id in minari.list_local_datasets()
+    path = os.path.join(root, dataset_id)
+    if not os.path.exists(os.path.join(path, "data", "metadata.json")):
+        download_minari(dataset_id, root)
     try:
-        ds = minari.load_dataset(dataset_id, download=not local)
-    except Exception as e:  # no network, unknown remote id, missing optional package, ...
+        ds = minari.load_dataset(dataset_id)
+        episodes = list(ds.iterate_episodes())
+    except Exception as e:
         raise DatasetError(
-            f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).\n"
-            f"  On a machine with internet: minari download {dataset_id}  (then copy it into {root}, "
-            "or point MINARI_DATASETS_PATH at it).\n"
-            "  To try the pipeline without downloads: python scripts/make_minari_dataset.py --dataset-id "
-            f"{dataset_id}  (a small random-policy stand-in)."
+            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
+            f"download it again: minari delete {dataset_id}; minari download {dataset_id}"
         ) from None
-    family = dataset_id.split("/")[1] if dataset_id.startswith("D4RL/") else "minari"
-    family = "adroit" if family in ("pen", "door", "hammer", "relocate") else family
-    # goal dicts -> vectors: AntMaze in the D4RL layout achieved_goal (x, y) + observation (27) = 29 (data §5);
-    # PointMaze needs its per-episode goal; Kitchen's goal dict is constant per dataset, so it is dropped.
-    keys = {"antmaze": ("achieved_goal", "observation"), "pointmaze": ("observation", "desired_goal")}.get(
-        family, ("observation",)
-    )
+    family = dataset_family(dataset_id)
+    relabel = family == "antmaze" and antmaze_goal == "relabel"
+    # goal dicts -> vectors (README "--env-id"). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
+    # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
+    # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
+    keys = {
+        "antmaze": ("achieved_goal", "observation") + (() if relabel else ("desired_goal",)),
+        "pointmaze": ("observation", "desired_goal"),
+    }.get(family, ("observation",))
 
     def flatten_obs(obs: object) -> np.ndarray:
         if isinstance(obs, dict):
             return np.concatenate([np.asarray(obs[k], dtype=np.float32) for k in keys], axis=-1)
         return np.asarray(obs, dtype=np.float32)
 
+    eval_kwargs, goal = {}, None
+    if family == "antmaze":
+        maze_map = antmaze_eval_map(ds, dataset_id)
+        eval_kwargs = {} if maze_map is None else {"maze_map": maze_map}
+        env = ds.recover_environment(eval_env=True, **eval_kwargs)
+        goal = np.array(env.unwrapped.maze.unique_goal_locations[0])  # the eval map's goal cell, without noise
+        env.close()
     parts: dict[str, list] = {
         k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")
     }
-    for ep in ds.iterate_episodes():  # episodes -> transitions: obs has T+1 rows (data §3)
+    for ep in episodes:  # episodes -> transitions: observations have T+1 rows
         o = flatten_obs(ep.observations)
+        rewards, terminals = ep.rewards.astype(np.float32), ep.terminations.astype(bool)
+        if relabel:  # D4RL's relabel_antmaze_rewards.py: reward and terminal where the next xy is at the goal
+            terminals = np.linalg.norm(ep.observations["achieved_goal"][1:] - goal, axis=-1) <= D4RL_GOAL_RADIUS
+            rewards = terminals.astype(np.float32)
+        dones = terminals | ep.truncations.astype(bool)
+        dones[-1] = True  # an episode always ends at its last row, flagged or not
         parts["observations"].append(o[:-1])
         parts["next_observations"].append(o[1:])
-        parts["actions"].append(ep.actions.astype(np.float32))
-        parts["rewards"].append(ep.rewards.astype(np.float32))
-        parts["masks"].append(1.0 - ep.terminations.astype(np.float32))  # timeouts bootstrap
-        dones = (ep.terminations | ep.truncations).astype(np.float32)  # episode boundaries, for chunking
-        dones[-1] = 1.0  # an episode always ends at its last row, flagged or not
-        parts["dones"].append(dones)
-    data = {k: np.concatenate(v) for k, v in parts.items()}
-    if ds.storage.metadata.get("ref_max_score") is not None:
+        parts["actions"].append(ep.actions.astype(np.float32).reshape(len(rewards), -1))
+        parts["rewards"].append(rewards)
+        parts["masks"].append(1.0 - terminals.astype(np.float32))  # timeouts bootstrap
+        parts["dones"].append(dones.astype(np.float32))
+    data = {k: np.concatenate(v) for k, v in parts.items()} if episodes else {k: np.zeros((0, 1)) for k in parts}
+    if relabel:  # the return is 0 or 1 (the episode ends at the goal): D4RL's AntMaze score, ref scores 0 and 1
+        normalized_score = lambda r: 100.0 * np.asarray(r)  # noqa: E731
+    elif ds.storage.metadata.get("ref_max_score") is not None:
         normalized_score = lambda r: 100.0 * np.asarray(minari.get_normalized_score(ds, r))  # noqa: E731
-    elif family == "kitchen":  # no ref scores; the return counts completed subtasks (of 4): D4RL-style score (data §4)
+    elif family == "kitchen":  # no ref scores; the return counts completed subtasks (of 4): D4RL-style score
         normalized_score = lambda r: 100.0 * np.clip(r, 0, 4) / 4  # noqa: E731
     else:
         normalized_score = None
-    return Task(
-        dataset_id=dataset_id,
-        family=family,
-        data=data,
-        make_env=lambda: ds.recover_environment(eval_env=True),
-        flatten_obs=flatten_obs,
-        normalized_score=normalized_score,
-    )
+
+    def make_env() -> gym.Env:
+        env = ds.recover_environment(eval_env=True, **eval_kwargs)
+        return FixedGoalAntMaze(env, goal) if relabel else env
+
+    return Task(dataset_id, family, data, None, make_env, flatten_obs, normalized_score)
 
 
 def load_ogbench(name: str, dataset_dir: str) -> Task:
     import ogbench
 
+    try:  # the env alone needs no download, and tells whether the task exists
+        env = ogbench.make_env_and_datasets(name, env_only=True)
+    except gym.error.Error as e:
+        raise DatasetError(
+            f"'{name}' is not an OGBench singletask task ({e}). Names are "
+            "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
+        ) from None
     dataset_dir = os.path.expanduser(dataset_dir)
     splits = name.split("-")
-    pos = splits.index("singletask")
-    base = "-".join(splits[:pos] + splits[-1:])  # cube-double-play-singletask-task2-v0 -> cube-double-play-v0
+    base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
     path = os.path.join(dataset_dir, f"{base}.npz")
-    try:
-        env, train, _ = ogbench.make_env_and_datasets(name, dataset_dir=dataset_dir)  # downloads if absent
+    if not (os.path.exists(path) and os.path.exists(path.replace(".npz", "-val.npz"))):
+        try:
+            ogbench.download_datasets([base], dataset_dir)
+        except Exception as e:
+            raise DatasetError(
+                f"OGBench dataset '{base}' (for '{name}') is not at {path} (and its -val.npz), and could not be "
+                f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}).\n"
+                f"  On a machine with internet: python -c \"import ogbench; ogbench.download_datasets(['{base}'], "
+                f"'{dataset_dir}')\"  (or pass --dataset-dir where the .npz files are).\n"
+                f"  To create it locally with OGBench's scripted oracles: python scripts/make_ogbench_dataset.py "
+                f"--env-name {base} --dataset-dir {dataset_dir}"
+            ) from None
+    try:  # singletask datasets: rewards and masks relabelled for the task by ogbench (relabel_utils.py)
+        datasets = ogbench.make_env_and_datasets(name, dataset_path=path, dataset_only=True, cur_env=env)
     except Exception as e:
         raise DatasetError(
-            f"OGBench dataset '{base}' (for '{name}') is not at {path} and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).\n"
-            f"  On a machine with internet: python -c \"import ogbench; ogbench.download_datasets(['{base}'], "
-            f"'{dataset_dir}')\"  (or pass --dataset-dir where the .npz files are).\n"
-            f"  To create it locally with OGBench's scripted oracles: python scripts/make_ogbench_dataset.py "
-            f"--env-name {base} --dataset-dir {dataset_dir}"
+            f"OGBench dataset {path} (or its -val.npz) cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
+            "download it again."
         ) from None
     env.close()
-    data = {
-        k: train[k].astype(np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")
-    }
-    data["dones"] = train["terminals"].astype(np.float32)  # 1 at the last transition of each trajectory
-    return Task(
-        dataset_id=name,
-        family="ogbench",
-        data=data,
-        make_env=lambda: ogbench.make_env_and_datasets(name, env_only=True),
-        flatten_obs=lambda obs: np.asarray(obs, dtype=np.float32),
-        normalized_score=None,
+    train, val = (
+        {
+            **{
+                k: s[k].astype(np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")
+            },
+            "dones": s["terminals"].astype(np.float32),  # 1 at the last transition of each trajectory
+        }
+        for s in datasets
     )
+    make_env = lambda: ogbench.make_env_and_datasets(name, env_only=True)  # noqa: E731
+    return Task(name, "ogbench", train, val, make_env, lambda obs: np.asarray(obs, dtype=np.float32), None)
+
+
+# --- end of the shared data layer ---
 
 
 class ReplayBuffer:
@@ -656,17 +827,32 @@ def main(args: Args) -> None:
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    task = load_task(args.env_id, args.dataset_dir, args.reward_bias)
+    default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # AntMaze rewards r - 1, as in FQL
+    reward_bias = default_bias if args.reward_bias is None else args.reward_bias
+    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias)
     data = task.data
+    lengths = np.diff(np.flatnonzero(data["dones"]) + 1, prepend=0)  # episode lengths
+    if (lengths < args.horizon).all():
+        raise DatasetError(
+            f"every episode of '{dataset_id}' is shorter than --horizon {args.horizon} (the longest has "
+            f"{lengths.max()} steps), so no action chunk fits in one; use --horizon {lengths.max()} or less"
+        )
+    if (lengths < args.horizon).any():
+        print(
+            f"notice: {(lengths < args.horizon).sum()} of {len(lengths)} episodes are shorter than --horizon "
+            f"{args.horizon}; their chunks cross an episode end and are left out of the critic loss"
+        )
     # observation normalisation with fixed dataset statistics (data §5 / style §5; QC feeds raw observations)
     obs_mean = data["observations"].mean(0)
     obs_std = data["observations"].std(0)
     obs_std[obs_std < 1e-6] = 1.0
     obs_stats = {"mean": obs_mean, "std": obs_std}
-    for k in ("observations", "next_observations"):
-        data[k] = (data[k] - obs_mean) / obs_std
+    for split in filter(None, (data, task.val_data)):
+        for k in ("observations", "next_observations"):
+            split[k] = (split[k] - obs_mean) / obs_std
     obs_dim, action_dim = data["observations"].shape[1], data["actions"].shape[1]
     buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
+    val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
     agent = Agent(obs_dim, action_dim, args, device)
     step = 0
 
@@ -718,7 +904,7 @@ def main(args: Args) -> None:
     def normalize(raw_obs: object) -> np.ndarray:
         return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
 
-    def act_chunk(raw_obs: object) -> np.ndarray:
+    def act_chunk(raw_obs: object) -> np.ndarray:  # [h, action_dim] in [-1, 1]
         obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).unsqueeze(0)
         return agent.act(obs_t).view(args.horizon, action_dim).cpu().numpy()
 
@@ -736,11 +922,11 @@ def main(args: Args) -> None:
             if not queue:
                 queue = list(act_chunk(obs))
             action = queue.pop(0)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
+            next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
             buffer.add(
                 observations=normalize(obs),
                 actions=action,
-                rewards=np.float32(reward + task.reward_bias),
+                rewards=task.transform_reward(np.float32(reward)),
                 masks=np.float32(1.0 - terminated),  # timeouts bootstrap
                 dones=np.float32(terminated or truncated),
                 next_observations=normalize(next_obs),
@@ -768,6 +954,11 @@ def main(args: Args) -> None:
                         "and check the dataset for NaN/inf values."
                     )
                 row.update(zip(METRICS, values))
+            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them
+                batch = val_buffer.sample(args.batch_size, args.horizon)
+                with torch.no_grad():
+                    _, val = compute_losses(agent.actor, agent.critic, agent.critic_target, batch, args)
+                row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
             if episodes:
                 row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
                 row["episodic_length"] = float(np.mean([n for _, n in episodes]))
@@ -777,7 +968,8 @@ def main(args: Args) -> None:
             if wandb:
                 charts = {f"charts/{k}": row[k] for k in ("episodic_return", "episodic_length") if k in row}
                 losses = {f"losses/{k}": row[k] for k in METRICS if k in row}
-                wandb.log({**losses, **charts, "charts/SPS": sps}, step=step)
+                val = {k: v for k, v in row.items() if k.startswith("val/")}
+                wandb.log({**losses, **val, **charts, "charts/SPS": sps}, step=step)
             last = " | ".join(f"{k} {v:.3g}" for k, v in last_eval.items())
             losses = " | ".join(
                 f"{k} {row[k]:.4g}" for k in ("critic_loss", "mf_loss", "ivc_loss", "q_mean") if k in row
@@ -791,7 +983,7 @@ def main(args: Args) -> None:
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
-                result = evaluate(act_chunk, eval_env, args.eval_episodes, args.seed)
+                result = evaluate(lambda o: task.env_action(act_chunk(o)), eval_env, args.eval_episodes, args.seed)
                 row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
                 if task.normalized_score is not None:
                     row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))

@@ -230,7 +230,7 @@ def test_env_id_resolution_and_unsupported_robomimic():
 
 def test_minari_episode_ends_become_chunk_boundaries(minari_root, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
-    task = mvp.load_task("antmaze-umaze", "unused", None)
+    task = mvp.load_dataset("D4RL/antmaze/umaze-v1", "unused", "observe", 1.0, -1.0)
     dones = task.data["dones"]
     assert dones.sum() == 4 and dones[-1] == 1  # 4 episodes of 50 steps
     assert np.all(task.data["rewards"] <= 0)  # antmaze r - 1

@@ -286,10 +286,13 @@ def test_save_dataset_round_trip(tmp_path, monkeypatch):
     env = ds.recover_environment()
     assert env.spec.id == "InvertedPendulum-v5"
     env.close()
-    # the offline scripts read it: transitions with masks = 1 - terminations
-    task = import_algo("meanflowql").load_task(dataset_id, "", None)
+    # the offline scripts read it: transitions with masks = 1 - terminations, actions mapped from [-3, 3] to [-1, 1]
+    task = import_algo("meanflowql").load_dataset(dataset_id, "", "observe", 1.0, 0.0)
     n_terminal = sum(bool(ep.terminations[-1]) for ep in ds.iterate_episodes())
     assert len(task.data["rewards"]) == 150 and task.data["masks"].sum() == 150 - n_terminal
+    actions = np.concatenate([ep.actions for ep in ds.iterate_episodes()])
+    assert np.allclose(task.data["actions"], np.clip(actions / 3, -1 + 1e-5, 1 - 1e-5), atol=1e-6)
+    assert np.allclose(task.env_action(task.data["actions"]), actions, atol=1e-4)  # back to the env's units
     # the same id again is refused before training
     with pytest.raises(som.ConfigError, match="already exists"):
         som.check_dataset_id(dataset_id)
