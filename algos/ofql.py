@@ -244,7 +244,8 @@ class Task:
 
     def env_action(self, action: np.ndarray) -> np.ndarray:
         """[-1, 1] -> the env's units (InvertedPendulum: [-3, 3])."""
-        return (self.action_low + (action + 1) * 0.5 * (self.action_high - self.action_low)).astype(np.float32)
+        mid, half = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
+        return (mid + action * half).astype(np.float32)
 
 
 def is_ogbench_name(env_id: str) -> bool:
@@ -293,8 +294,9 @@ def load_dataset(dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_sc
                     f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} (first at index "
                     f"{bad.argmax()})"
                 )
-        # actions -> [-1, 1] from the env's bounds; clipped to +-(1 - 1e-5) as in FQL and MeanFlowQL
-        unit = 2 * (data["actions"] - task.action_low) / (task.action_high - task.action_low) - 1
+        # actions -> [-1, 1] from the env's bounds (exactly the identity for [-1, 1]); clipped to +-(1 - 1e-5) as in FQL
+        mid, half = (task.action_high + task.action_low) / 2, (task.action_high - task.action_low) / 2
+        unit = (data["actions"] - mid) / half
         outside = (np.abs(unit) > 1 + 1e-3).any(1)
         if outside.any():
             print(
@@ -1058,9 +1060,10 @@ def main(args: Args) -> None:
                 "critic_lr": agent.critic_sched.get_last_lr()[0],
                 "sps": sps,
             }
-            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them
-                batch = val_buffer.sample(args.batch_size)
-                with torch.no_grad():
+            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
+                # under a forked RNG, so that validation leaves the training run's random stream as it is
+                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    batch = val_buffer.sample(args.batch_size)
                     val = torch.cat(
                         [
                             critic_loss(agent.policy_target, agent.critic, agent.critic_target, batch, args)[1],

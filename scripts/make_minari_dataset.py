@@ -9,7 +9,10 @@ What matches the real datasets:
 - dict observations ``observation`` / ``achieved_goal`` / ``desired_goal`` (AntMaze 27/2/2, PointMaze 4/2/2), T+1 per
   episode; infos ``success``, ``qpos``, ``qvel``, ``goal`` as in the Minari generation scripts;
 - the collection env (``AntMaze_*-v4`` with ``continuing_task=True, reset_target=False``; ``PointMaze_*-v3`` with
-  ``continuing_task=True, reset_target=True``; umaze AntMaze uses the fixed goal/reset map of the real umaze data);
+  ``continuing_task=True, reset_target=True``; umaze AntMaze uses the fixed goal/reset map of the real umaze data).
+  So, as in the real AntMaze data, every episode starts with a reset that draws a new goal (any empty cell of the
+  play/umaze-diverse maps, a ``c`` cell of the diverse maps, the ``g`` cell of umaze; plus +-1 m of noise), keeps it
+  for the whole episode, and its sparse rewards (1 within 0.45 of the goal) are for that goal;
 - the eval env (``dataset.recover_environment(eval_env=True)``) with the fixed-start/goal maps of
   Farama-Foundation/minari-dataset-generation-scripts (``EVAL_ENV_MAPS``) and the registered episode limit.
 

@@ -139,6 +139,23 @@ def test_pointmaze_random_and_overwrite(minari_root):
     np.testing.assert_array_equal(minari.load_dataset(dataset_id)[0].rewards, rewards)
 
 
+def test_antmaze_play_episodes_each_have_their_own_goal(minari_root):
+    """As Minari's AntMaze data: a new random goal per episode (the play maps have no goal cells), constant within it,
+    and rewards for that goal."""
+    ds = mmd.make_dataset("D4RL/antmaze/large-play-v1", num_episodes=4, max_episode_steps=20, seed=0)
+    goals = []
+    for ep in ds.iterate_episodes():
+        goal = ep.observations["desired_goal"]
+        assert np.allclose(goal, goal[0]) and np.allclose(ep.infos["goal"], goal)
+        distance = np.linalg.norm(ep.observations["achieved_goal"][1:] - goal[0], axis=-1)
+        assert np.array_equal(ep.rewards, (distance <= 0.45).astype(np.float64))
+        goals.append(goal[0])
+    env = ds.recover_environment()
+    cells = {_rowcol(env, g) for g in goals}
+    env.close()
+    assert len(cells) > 1  # 4 episodes, goals in more than one cell
+
+
 def test_antmaze_large_eval_env_map():
     env, eval_env = mmd.make_envs("D4RL/antmaze/large-diverse-v1", max_episode_steps=10)
     assert env.spec.id == "AntMaze_Large_Diverse_GR-v4" and env.spec.max_episode_steps == 10

@@ -52,6 +52,8 @@ def test_smoke_ogbench_cube_double_with_offline_wandb(ogbench_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     check_run_dir(run_dir, 40, {"episodic_return", "episodic_length", "success_rate"})
+    for row in read_jsonl(run_dir / "train.jsonl"):  # the losses on OGBench's validation split, as FQL logs them
+        assert all(math.isfinite(row[f"val/{k}"]) for k in mfql.METRICS), row
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["alpha"], config["time_steps"], config["discount"]) == (120.0, 50, 0.995)  # paper Table 7
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb offline run missing"

@@ -264,7 +264,7 @@ def test_cli_smoke_offline_online_eval(ogbench_dir, tmp_path):
         (40, "online"),
     ]
     for row in train:
-        assert all(np.isfinite(row[k]) for k in mvp.METRICS)
+        assert all(np.isfinite(row[k]) and np.isfinite(row[f"val/{k}"]) for k in mvp.METRICS)
     evals = read_jsonl(run_dir / "eval.jsonl")
     assert [r["step"] for r in evals] == [20, 40]
     assert {"episodic_return", "episodic_length", "success_rate"} <= set(evals[0])

@@ -277,6 +277,20 @@ def test_cli_offline_online_eval_smoke(minari_root, tmp_path):
     assert len(online_rewards) == 20 and set(online_rewards.flatten().tolist()) <= {-2.0, 2.0}  # (r - 0.5) * 4
 
 
+def test_ogbench_run_logs_validation_losses(ogbench_dir, tmp_path):
+    proc = run_script(
+        [SCRIPT, "--env-id", "cube-double-play-singletask-task2-v0", "--dataset-dir", str(ogbench_dir),
+         "--offline-steps", "10", "--log-interval", "5", "--eval-episodes", "0", *TINY],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    train = read_jsonl(run_dir / "train.jsonl")
+    assert [row["step"] for row in train] == [5, 10]
+    for row in train:
+        assert all(math.isfinite(row[k]) and math.isfinite(row[f"val/{k}"]) for k in ofql.METRICS), row
+
+
 def test_resume_reproduces_an_uninterrupted_run(minari_root, tmp_path, monkeypatch):
     """Run 2N steps straight (N offline + N online), keeping a copy of the step-N checkpoint; resume from it for N more
     steps: every parameter and optimiser state must match exactly."""
