@@ -10,7 +10,8 @@ replaced, with probability ``--random-prob`` at each step, by a uniform random a
 - at the default ``--random-prob 0.5`` an episode lasts about 55 steps, so behaviour cloning, which copies the random
   steps too, drops the pole early, while a critic can tell the controller's actions from the random ones.
 
-Actions stay in [-1, 1] (the scripts' action range), inside the env's [-3, 3]. ``ref_min_score`` 0 and
+Actions are in the env's units and use [-1, 1] of its [-3, 3] (the offline scripts map them to [-1/3, 1/3] of their
+[-1, 1]). ``ref_min_score`` 0 and
 ``ref_max_score`` 1000 are placeholders (the normalised score is the return / 10), not Minari's reference scores.
 
 Example:
@@ -35,7 +36,7 @@ GAINS = np.array([1.0, 10.0, 1.0, 1.0])  # on (x, theta, x_dot, theta_dot): push
 
 
 def controller_action(obs: np.ndarray) -> np.ndarray:
-    """The balancing controller, clipped to the scripts' action range [-1, 1]."""
+    """The balancing controller, clipped to [-1, 1] (of the env's [-3, 3])."""
     return np.clip(GAINS @ obs, -1.0, 1.0)[None].astype(np.float32)
 
 
