@@ -3,15 +3,15 @@ random steps mixed in.
 
 Minari's own dataset cannot be downloaded here. This one has the same id, environment (``InvertedPendulum-v5``, eval
 env the same, 1000 steps) and data layout, filled with episodes of a linear balancing controller
-``a = clip(K . obs, -1, 1)`` (obs = cart position, pole angle, cart velocity, pole angular velocity) whose action is
-replaced, with probability ``--random-prob`` at each step, by a uniform random action in [-1, 1]:
+``a = clip(K . obs, -3, 3)`` (obs = cart position, pole angle, cart velocity, pole angular velocity) whose action is
+replaced, with probability ``--random-prob`` at each step, by a uniform random action in [-3, 3]:
 
-- the controller alone balances for all 1000 steps, uniform random actions drop the pole within about 8;
-- at the default ``--random-prob 0.5`` an episode lasts about 55 steps, so behaviour cloning, which copies the random
+- the controller alone balances for all 1000 steps, uniform random actions drop the pole within about 6;
+- at the default ``--random-prob 0.5`` an episode lasts about 20 steps, so behaviour cloning, which copies the random
   steps too, drops the pole early, while a critic can tell the controller's actions from the random ones.
 
-Actions are in the env's units and use [-1, 1] of its [-3, 3] (the offline scripts map them to [-1/3, 1/3] of their
-[-1, 1]). ``ref_min_score`` 0 and
+Actions are in the env's units and span its whole action space [-3, 3], as a policy trained on the env would (the
+offline scripts map them to [-1, 1]). ``ref_min_score`` 0 and
 ``ref_max_score`` 1000 are placeholders (the normalised score is the return / 10), not Minari's reference scores.
 
 Example:
@@ -36,8 +36,8 @@ GAINS = np.array([1.0, 10.0, 1.0, 1.0])  # on (x, theta, x_dot, theta_dot): push
 
 
 def controller_action(obs: np.ndarray) -> np.ndarray:
-    """The balancing controller, clipped to [-1, 1] (of the env's [-3, 3])."""
-    return np.clip(GAINS @ obs, -1.0, 1.0)[None].astype(np.float32)
+    """The balancing controller, clipped to the env's action bounds [-3, 3]."""
+    return np.clip(GAINS @ obs, -3.0, 3.0)[None].astype(np.float32)
 
 
 def rollout_episode(env: gym.Env, seed: int, episode_id: int, random_prob: float, rng: np.random.Generator):
@@ -46,7 +46,7 @@ def rollout_episode(env: gym.Env, seed: int, episode_id: int, random_prob: float
     observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
     while True:
         if rng.random() < random_prob:
-            action = rng.uniform(-1.0, 1.0, 1).astype(np.float32)
+            action = rng.uniform(-3.0, 3.0, 1).astype(np.float32)
         else:
             action = controller_action(obs)
         obs, reward, terminated, truncated, _ = env.step(action)

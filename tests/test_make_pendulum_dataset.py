@@ -25,7 +25,7 @@ def test_layout_and_eval_env(root) -> None:
     assert ds.total_episodes == 4 and ds.env_spec.id == "InvertedPendulum-v5"
     for ep in ds.iterate_episodes():
         assert ep.observations.shape == (len(ep.actions) + 1, 4) and ep.actions.shape[1:] == (1,)
-        assert np.all(np.abs(ep.actions) <= 1.0)
+        assert np.all(np.abs(ep.actions) <= 3.0)  # the env's units
         assert ep.terminations[-1] and not ep.terminations[:-1].any()  # the pole fell, once, at the end
         assert np.all(ep.rewards[:-1] == 1.0) and ep.rewards[-1] == 0.0  # v5: 1 per step while the pole is up
     eval_env = ds.recover_environment(eval_env=True)
@@ -43,6 +43,9 @@ def test_controller_balances_and_random_steps_drop_the_pole(root) -> None:
     assert max(episode_lengths(1.0)) < 30  # uniform random actions drop it within a few steps
     mixed = episode_lengths(0.5)
     assert 10 < np.mean(mixed) < 300
+    ds = mpd.make_dataset(num_episodes=3, random_prob=1.0, seed=0, overwrite=True)
+    actions = np.concatenate([ep.actions for ep in ds.iterate_episodes()])
+    assert actions.max() > 1.5 and actions.min() < -1.5  # random steps cover the env's [-3, 3], not [-1, 1]
 
 
 def test_cli(root, capsys) -> None:
