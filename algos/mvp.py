@@ -14,16 +14,20 @@
 # datasets (they come from robomimic's own server), and their environments need the robomimic and robosuite packages,
 # which are not dependencies of this project.
 import copy
+import itertools
 import json
 import math
 import os
 import random
 import re
+import shutil
+import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
 
 import gymnasium as gym
@@ -32,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
+
+ALGO = "mvp"
 
 
 @dataclass
@@ -51,10 +57,12 @@ class Args:
     wandb_entity: Optional[str] = None
     """W&B entity (team); None means the default entity"""
     save_model: bool = False
-    """write runs/{run_name}/model.pt at every evaluation"""
+    """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
     resume: Optional[str] = None
-    """path to a model.pt to resume from; the run continues in that checkpoint's directory (an online episode in
-    progress at the checkpoint is cut there and a new one starts)"""
+    """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments (an
+    online episode in progress at the checkpoint is cut there and a new one starts)"""
+    output_dir: str = "runs"
+    """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
     compile: bool = False
     """torch.compile the loss computation of the update"""
 
@@ -789,40 +797,237 @@ def evaluate(act_chunk: Callable[[object], np.ndarray], env: gym.Env, num_episod
 # ======================================================================================================================
 # Training loop (spec §4)
 # ======================================================================================================================
+# --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
+class UsageError(Exception):
+    """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
+
+
+NONNEGATIVE = {"seed", "online_steps", "online_start_steps", "eval_episodes", "learning_starts", "ema_start"}
+FIXED_ON_RESUME = ("env_id", "antmaze_goal", "normalize_obs", "horizon", "hidden", "layers", "depth", "ratio", "emb")
+"""flags (or parts of their names) that a resumed run cannot change: the task, and the shapes of the networks"""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args: object) -> None:
+    """All arguments at once, right after parsing: counts >= 1 (or >= 0), finite floats, rates and ratios in range."""
+    errors = []
+    for f in fields(args):
+        value = getattr(args, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, int) and v < (low := 0 if f.name in NONNEGATIVE else 1):
+                errors.append(f"{flag(f.name)} must be >= {low} (got {v})")
+            elif isinstance(v, float) and not math.isfinite(v):
+                errors.append(f"{flag(f.name)} must be a finite number (got {v})")
+            elif isinstance(v, float) and (f.name.endswith("lr") or f.name == "grad_clip") and v <= 0:
+                errors.append(f"{flag(f.name)} must be > 0 (got {v})")
+            elif isinstance(v, float) and f.name in ("discount", "tau") and not 0 < v <= 1:
+                errors.append(f"{flag(f.name)} must be in (0, 1] (got {v})")
+            elif isinstance(v, float) and (f.name.endswith("_ratio") or f.name == "ema_rho") and not 0 <= v <= 1:
+                errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
+    name = args.exp_name
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        errors.append(f"--exp-name must be one path component, without '/' (got {name!r})")
+    if errors:
+        raise UsageError("; ".join(errors))
+
+
+def parse_cli(args_type: type) -> tuple[object, set[str]]:
+    """tyro's Args, and the names of the flags given on the command line (a resumed run keeps the others)."""
+    names = {f.name for f in fields(args_type)}
+    given = set()
+    for token in sys.argv[1:]:
+        name = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else ""
+        given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
+    return tyro.cli(args_type), given & names
+
+
+def read_checkpoint(path: str, algo: str) -> dict:
+    """The checkpoint, loaded on the CPU (RNG states must stay CPU tensors; load_state_dict moves the rest), checked
+    before any dataset is loaded."""
+    if not os.path.exists(path):
+        raise UsageError(f"--resume {path}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path} is a directory; pass the model.pt inside a run directory")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"--resume {path} is empty")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UsageError(
+            f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
+        ) from None
+    if not isinstance(ckpt, dict) or "algo" not in ckpt or "args" not in ckpt:
+        raise UsageError(f"--resume {path} is not a checkpoint of algos/{algo}.py")
+    if ckpt["algo"] != algo:
+        raise UsageError(f"--resume {path} is a checkpoint of algos/{ckpt['algo']}.py, not of algos/{algo}.py")
+    return ckpt
+
+
+def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
+    """The checkpoint's arguments, except the flags given again (None: those that differ from the defaults), which
+    apply with a notice; the task and the network shapes cannot change."""
+    if given is None:
+        given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
+    given -= {"resume"}
+    merged = {**saved, "resume": args.resume}
+    for name in sorted(given & set(saved)):
+        new, old = getattr(args, name), saved[name]
+        if new == old:
+            continue
+        if any(part in name for part in FIXED_ON_RESUME):
+            raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
+        print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
+        merged[name] = new
+    return type(args)(**merged)
+
+
+def check_writable(directory: str, what: str) -> None:
+    """Fail before training, not at the first checkpoint, when `directory` cannot take the run's files."""
+    existing = os.path.abspath(directory)  # it, or the folder it will be made in
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to {what} {directory} ({e.strerror or e})") from None
+    free = shutil.disk_usage(existing).free
+    if free < 100 * 2**20:
+        raise UsageError(f"{what} {directory} is on a disk with only {free / 2**20:.0f} MiB free")
+
+
+def make_run_dir(output_dir: str, env_id: str, exp_name: str, seed: int) -> str:
+    """output_dir/{env}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}, with -2, -3, ... for runs started in the same second."""
+    base = os.path.join(output_dir, f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}")
+    for i in itertools.count(1):
+        try:
+            os.makedirs(path := base if i == 1 else f"{base}-{i}")
+            return path
+        except FileExistsError:
+            continue
+
+
 def append_jsonl(path: str, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
 
 
 def truncate_jsonl(path: str, max_step: int) -> None:
-    """On resume, drop log rows written after the checkpoint so that no step is logged twice."""
+    """On resume, keep the log rows up to the checkpoint's step; a partial line (a run killed mid-write) is dropped."""
     if os.path.exists(path):
+        rows = []
         with open(path) as f:
-            rows = [line for line in f if json.loads(line)["step"] <= max_step]
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
         with open(path, "w") as f:
-            f.writelines(rows)
+            f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= max_step)
+
+
+def rng_state() -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(state: dict, path: str) -> None:
+    """Write to path.tmp, then rename: never a half-written checkpoint, and no stray .tmp after an interruption."""
+    try:
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    finally:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+
+
+class Progress:
+    """Gradient steps per second since the last log line, without evaluations, checkpoints and the first update
+    (torch.compile's compilation); one early line a minute into the run; Ctrl-C stops after the current step."""
+
+    def __init__(self):
+        self.begin, self.printed, self.stop, self.first = time.time(), False, False, True
+        self.reset()
+        signal.signal(signal.SIGINT, self.interrupt)
+
+    def interrupt(self, signum: int, frame: object) -> None:
+        if self.stop:  # a second Ctrl-C aborts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.stop = True
+        print("\nCtrl-C: stopping after this step (press it again to abort)", flush=True)
+
+    def reset(self) -> None:
+        self.start, self.steps = time.time(), 0
+
+    def sps(self) -> float:
+        return self.steps / max(time.time() - self.start, 1e-9)
+
+    def step(self, where: str) -> None:
+        """Count one update; print `where` and the rate once if a minute has passed without a log line."""
+        if self.first:  # the first update, with torch.compile's compilation, is left out
+            self.first = False
+            return self.reset()
+        self.steps += 1
+        if not self.printed and time.time() - self.begin > 60:
+            print(f"{where} SPS {self.sps():.2f} (the first log line comes at --log-interval)", flush=True)
+            self.printed = True
+
+    def log(self) -> float:
+        """The rate for a log line, and a new interval."""
+        sps, self.printed = self.sps(), True
+        self.reset()
+        return sps
+
+    def close(self, run_dir: str, checkpoint: Optional[str]) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.stop:
+            saved = f"its checkpoint is {checkpoint}" if checkpoint else "no checkpoint (run with --save-model)"
+            sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
+
+
+# --- end of the shared run plumbing ---
 
 
 def save_checkpoint(path: str, step: int, agent: Agent, buffer: ReplayBuffer, obs_stats: dict, args: Args) -> None:
     state = {
+        "algo": ALGO,
         "step": step,
         "agent": agent.state_dict(),
         "online_buffer": buffer.online_part(),
         "obs_stats": obs_stats,
         "args": asdict(args),
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
+        "rng": rng_state(),
     }
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # never leave a half-written checkpoint
+    save_atomic(state, path)
 
 
-def main(args: Args) -> None:
+def main(args: Args, given: Optional[set[str]] = None) -> None:
+    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
+    check_args(args)
+    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
+    if ckpt is not None:
+        args = resume_args(args, ckpt["args"], given)
     dataset_id = resolve_dataset_id(args.env_id)
+    total_steps = args.offline_steps + args.online_steps
+    if ckpt is not None and ckpt["step"] >= total_steps:
+        print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
+        return
+    if ckpt is None:
+        check_writable(args.output_dir, "--output-dir")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -858,29 +1063,19 @@ def main(args: Args) -> None:
     agent = Agent(obs_dim, action_dim, args, device)
     step = 0
 
-    if args.resume:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=False)
+    if ckpt is not None:
         step = ckpt["step"]
         agent.load_state_dict(ckpt["agent"])
         buffer.restore_online_part(ckpt["online_buffer"])
         if buffer.size > buffer.offline_size:  # the online episode in progress is cut here: no chunk may cross it
             buffer.data["dones"][buffer.size - 1] = 1.0
-        random.setstate(ckpt["rng"]["python"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        restore_rng(ckpt["rng"], device)
         run_dir = os.path.dirname(os.path.abspath(args.resume))
-        run_name = os.path.basename(run_dir)
-        changed = {k: (v, getattr(args, k)) for k, v in ckpt["args"].items() if k != "resume" and getattr(args, k) != v}
-        if changed:
-            print(f"warning: arguments differ from the checkpoint's (saved, now): {changed}")
         for f in ("train.jsonl", "eval.jsonl"):
             truncate_jsonl(os.path.join(run_dir, f), step)
     else:
-        run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join("runs", run_name)
-        os.makedirs(run_dir, exist_ok=True)
+        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
+    run_name = os.path.basename(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
 
@@ -912,13 +1107,13 @@ def main(args: Args) -> None:
 
     eval_env = task.make_env()
     env = task.make_env() if args.online_steps > 0 else None
-    total_steps = args.offline_steps + args.online_steps
-    start_step, start_time = step, time.time()
+    progress = Progress()
     metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
-    obs = env.reset(seed=args.seed)[0] if env is not None else None
+    # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
+    obs = env.reset(seed=args.seed + max(step, args.offline_steps))[0] if env is not None else None
     episode_return, episode_length, queue = 0.0, 0, []
 
-    while step < total_steps:
+    while step < total_steps and not progress.stop:
         online = step >= args.offline_steps
         if online:  # one env step from the open-loop chunk queue (spec §4)
             if not queue:
@@ -944,9 +1139,10 @@ def main(args: Args) -> None:
             metrics = agent.update(buffer.sample(args.batch_size, args.horizon))
             metric_sum = metrics if metric_sum is None else metric_sum + metrics
             metric_count += 1
+            progress.step(f"[{'online' if online else 'offline'} {step}/{total_steps}]")
 
         if step % args.log_interval == 0 or step == total_steps:
-            sps = (step - start_step) / (time.time() - start_time)
+            sps = progress.log()
             row = {"step": step, "phase": "online" if online else "offline", "sps": sps}
             if metric_count:
                 values = (metric_sum / metric_count).tolist()  # the only host sync of the interval
@@ -986,6 +1182,7 @@ def main(args: Args) -> None:
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
+                print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
                 result = evaluate(lambda o: task.env_action(act_chunk(o)), eval_env, args.eval_episodes, args.seed)
                 row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
                 if task.normalized_score is not None:
@@ -994,19 +1191,25 @@ def main(args: Args) -> None:
                 if wandb:
                     wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=step)
                 last_eval = {k: v for k, v in row.items() if k != "step"}
-                print(f"[eval {step}] " + " | ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+                print(" | ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if args.save_model:
                 save_checkpoint(os.path.join(run_dir, "model.pt"), step, agent, buffer, obs_stats, args)
+            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
+    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
+        save_checkpoint(os.path.join(run_dir, "model.pt"), step, agent, buffer, obs_stats, args)
     eval_env.close()
     if env is not None:
         env.close()
     if wandb:
         wandb.finish()
+    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
-    except DatasetError as e:
+        main(*parse_cli(Args))
+    except (DatasetError, UsageError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("aborted by Ctrl-C")

@@ -22,15 +22,19 @@
 #
 # Time convention (MeanFlow / VP-SDE): t=0 is the action, t=1 is noise, r <= t. The actor predicts the average
 # velocity u(a_t, r, t, s) of the PF-ODE flow and acts in one step with a = squash(e - u(e, 0, 1, s)), e ~ N(0, I).
+import itertools
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional, Union
 
 import gymnasium as gym
@@ -41,6 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from gymnasium.envs.mujoco import MujocoEnv
+
+ALGO = "som"
 
 
 @dataclass
@@ -64,9 +70,11 @@ class Args:
     wandb_entity: Optional[str] = None
     """W&B entity (team); None means the default entity"""
     save_model: bool = False
-    """write runs/{run_name}/model.pt at every evaluation"""
+    """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
     resume: Optional[str] = None
-    """path to a model.pt to resume from; the run continues in that checkpoint's directory"""
+    """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments"""
+    output_dir: str = "runs"
+    """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
     compile: bool = False
     """torch.compile the critic and actor loss computations"""
 
@@ -608,6 +616,8 @@ def check_dataset_id(dataset_id: str) -> None:
         parse_dataset_id(dataset_id)
     except ValueError as e:
         raise ConfigError(f"--save-dataset: {e}") from None
+    root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
+    check_writable(root, "the Minari datasets directory (MINARI_DATASETS_PATH)")
     if os.path.exists(get_dataset_path(dataset_id)):
         raise ConfigError(
             f"--save-dataset {dataset_id} already exists at {get_dataset_path(dataset_id)}; choose another id or "
@@ -666,43 +676,240 @@ def save_minari_dataset(dataset_id: str, data: dict[str, np.ndarray], env: gym.E
 # ======================================================================================================================
 # Training loop
 # ======================================================================================================================
+# --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
+class UsageError(Exception):
+    """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
+
+
+NONNEGATIVE = {"seed", "online_steps", "online_start_steps", "eval_episodes", "learning_starts", "ema_start"}
+FIXED_ON_RESUME = ("env_id", "antmaze_goal", "normalize_obs", "horizon", "hidden", "layers", "depth", "ratio", "emb")
+"""flags (or parts of their names) that a resumed run cannot change: the task, and the shapes of the networks"""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args: object) -> None:
+    """All arguments at once, right after parsing: counts >= 1 (or >= 0), finite floats, rates and ratios in range."""
+    errors = []
+    for f in fields(args):
+        value = getattr(args, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, int) and v < (low := 0 if f.name in NONNEGATIVE else 1):
+                errors.append(f"{flag(f.name)} must be >= {low} (got {v})")
+            elif isinstance(v, float) and not math.isfinite(v):
+                errors.append(f"{flag(f.name)} must be a finite number (got {v})")
+            elif isinstance(v, float) and (f.name.endswith("lr") or f.name == "grad_clip") and v <= 0:
+                errors.append(f"{flag(f.name)} must be > 0 (got {v})")
+            elif isinstance(v, float) and f.name in ("discount", "tau") and not 0 < v <= 1:
+                errors.append(f"{flag(f.name)} must be in (0, 1] (got {v})")
+            elif isinstance(v, float) and (f.name.endswith("_ratio") or f.name == "ema_rho") and not 0 <= v <= 1:
+                errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
+    name = args.exp_name
+    if not name or name in (".", "..") or "/" in name or os.sep in name:
+        errors.append(f"--exp-name must be one path component, without '/' (got {name!r})")
+    if errors:
+        raise UsageError("; ".join(errors))
+
+
+def parse_cli(args_type: type) -> tuple[object, set[str]]:
+    """tyro's Args, and the names of the flags given on the command line (a resumed run keeps the others)."""
+    names = {f.name for f in fields(args_type)}
+    given = set()
+    for token in sys.argv[1:]:
+        name = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else ""
+        given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
+    return tyro.cli(args_type), given & names
+
+
+def read_checkpoint(path: str, algo: str) -> dict:
+    """The checkpoint, loaded on the CPU (RNG states must stay CPU tensors; load_state_dict moves the rest), checked
+    before any dataset is loaded."""
+    if not os.path.exists(path):
+        raise UsageError(f"--resume {path}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"--resume {path} is a directory; pass the model.pt inside a run directory")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"--resume {path} is empty")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UsageError(
+            f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
+        ) from None
+    if not isinstance(ckpt, dict) or "algo" not in ckpt or "args" not in ckpt:
+        raise UsageError(f"--resume {path} is not a checkpoint of algos/{algo}.py")
+    if ckpt["algo"] != algo:
+        raise UsageError(f"--resume {path} is a checkpoint of algos/{ckpt['algo']}.py, not of algos/{algo}.py")
+    return ckpt
+
+
+def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
+    """The checkpoint's arguments, except the flags given again (None: those that differ from the defaults), which
+    apply with a notice; the task and the network shapes cannot change."""
+    if given is None:
+        given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
+    given -= {"resume"}
+    merged = {**saved, "resume": args.resume}
+    for name in sorted(given & set(saved)):
+        new, old = getattr(args, name), saved[name]
+        if new == old:
+            continue
+        if any(part in name for part in FIXED_ON_RESUME):
+            raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
+        print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
+        merged[name] = new
+    return type(args)(**merged)
+
+
+def check_writable(directory: str, what: str) -> None:
+    """Fail before training, not at the first checkpoint, when `directory` cannot take the run's files."""
+    existing = os.path.abspath(directory)  # it, or the folder it will be made in
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to {what} {directory} ({e.strerror or e})") from None
+    free = shutil.disk_usage(existing).free
+    if free < 100 * 2**20:
+        raise UsageError(f"{what} {directory} is on a disk with only {free / 2**20:.0f} MiB free")
+
+
+def make_run_dir(output_dir: str, env_id: str, exp_name: str, seed: int) -> str:
+    """output_dir/{env}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}, with -2, -3, ... for runs started in the same second."""
+    base = os.path.join(output_dir, f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}")
+    for i in itertools.count(1):
+        try:
+            os.makedirs(path := base if i == 1 else f"{base}-{i}")
+            return path
+        except FileExistsError:
+            continue
+
+
 def append_jsonl(path: str, row: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
 
 
 def truncate_jsonl(path: str, max_step: int) -> None:
-    """On resume, drop log rows written after the checkpoint so that no step is logged twice."""
+    """On resume, keep the log rows up to the checkpoint's step; a partial line (a run killed mid-write) is dropped."""
     if os.path.exists(path):
+        rows = []
         with open(path) as f:
-            rows = [line for line in f if json.loads(line)["step"] <= max_step]
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
         with open(path, "w") as f:
-            f.writelines(rows)
+            f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= max_step)
 
 
-def save_checkpoint(
-    path: str, agent: Agent, buffer: ReplayBuffer, env: gym.Env, loop: dict, args: Args, device: torch.device
-) -> None:
+def rng_state() -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(state: dict, path: str) -> None:
+    """Write to path.tmp, then rename: never a half-written checkpoint, and no stray .tmp after an interruption."""
+    try:
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    finally:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+
+
+class Progress:
+    """Gradient steps per second since the last log line, without evaluations, checkpoints and the first update
+    (torch.compile's compilation); one early line a minute into the run; Ctrl-C stops after the current step."""
+
+    def __init__(self):
+        self.begin, self.printed, self.stop, self.first = time.time(), False, False, True
+        self.reset()
+        signal.signal(signal.SIGINT, self.interrupt)
+
+    def interrupt(self, signum: int, frame: object) -> None:
+        if self.stop:  # a second Ctrl-C aborts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.stop = True
+        print("\nCtrl-C: stopping after this step (press it again to abort)", flush=True)
+
+    def reset(self) -> None:
+        self.start, self.steps = time.time(), 0
+
+    def sps(self) -> float:
+        return self.steps / max(time.time() - self.start, 1e-9)
+
+    def step(self, where: str) -> None:
+        """Count one update; print `where` and the rate once if a minute has passed without a log line."""
+        if self.first:  # the first update, with torch.compile's compilation, is left out
+            self.first = False
+            return self.reset()
+        self.steps += 1
+        if not self.printed and time.time() - self.begin > 60:
+            print(f"{where} SPS {self.sps():.2f} (the first log line comes at --log-interval)", flush=True)
+            self.printed = True
+
+    def log(self) -> float:
+        """The rate for a log line, and a new interval."""
+        sps, self.printed = self.sps(), True
+        self.reset()
+        return sps
+
+    def close(self, run_dir: str, checkpoint: Optional[str]) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.stop:
+            saved = f"its checkpoint is {checkpoint}" if checkpoint else "no checkpoint (run with --save-model)"
+            sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
+
+
+# --- end of the shared run plumbing ---
+
+
+def save_checkpoint(path: str, agent: Agent, buffer: ReplayBuffer, env: gym.Env, loop: dict, args: Args) -> None:
     """Everything a bit-exact --resume needs: networks, optimisers, alpha_e, the buffer, RNG states, the loop state
     (step, current observation and episode statistics) and the env's physics state."""
     state = {
+        "algo": ALGO,
+        "step": loop["global_step"],
         "agent": agent.state_dict(),
         "buffer": buffer.state_dict(),
         "env": env_state(env),
         "loop": loop,
         "args": asdict(args),
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        },
+        "rng": rng_state(),
     }
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # never leave a half-written checkpoint
+    save_atomic(state, path)
 
 
-def main(args: Args) -> None:
+def main(args: Args, given: Optional[set[str]] = None) -> None:
+    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
+    check_args(args)
+    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
+    if ckpt is not None:
+        args = resume_args(args, ckpt["args"], given)
+        if ckpt["step"] >= args.total_timesteps:
+            print(f"{args.resume}: the run finished at step {ckpt['step']} of {args.total_timesteps}; nothing to do")
+            return
+    else:
+        check_writable(args.output_dir, "--output-dir")
+    if args.save_dataset:
+        check_dataset_id(args.save_dataset)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -710,21 +917,14 @@ def main(args: Args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     env, eval_env = make_env(args.env_id), make_env(args.env_id)
-    if args.save_dataset:
-        check_dataset_id(args.save_dataset)
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     agent = Agent(obs_dim, action_dim, args, device)
     buffer = ReplayBuffer(args.total_timesteps, obs_dim, action_dim, device)
 
-    if args.resume:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=False)
+    if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
         buffer.load_state_dict(ckpt["buffer"])
-        random.setstate(ckpt["rng"]["python"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        restore_rng(ckpt["rng"], device)
         loop = ckpt["loop"]
         env.reset(seed=args.seed)
         if ckpt["env"] is not None:  # MuJoCo: continue the interrupted episode exactly
@@ -732,17 +932,12 @@ def main(args: Args) -> None:
         else:  # other envs cannot be restored: start a new episode (not bit-exact)
             loop.update(obs=env.reset(seed=args.seed + loop["global_step"])[0], episode_return=0.0, episode_length=0)
         run_dir = os.path.dirname(os.path.abspath(args.resume))
-        run_name = os.path.basename(run_dir)
-        changed = {k: (v, getattr(args, k)) for k, v in ckpt["args"].items() if k != "resume" and getattr(args, k) != v}
-        if changed:
-            print(f"warning: arguments differ from the checkpoint's (saved, now): {changed}")
         for f in ("train.jsonl", "eval.jsonl"):
             truncate_jsonl(os.path.join(run_dir, f), loop["global_step"])
     else:
         loop = {"global_step": 0, "obs": env.reset(seed=args.seed)[0], "episode_return": 0.0, "episode_length": 0}
-        run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = os.path.join("runs", run_name)
-        os.makedirs(run_dir, exist_ok=True)
+        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
+    run_name = os.path.basename(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**asdict(args), "device": str(device), "obs_dim": obs_dim, "action_dim": action_dim}, f, indent=2)
 
@@ -775,10 +970,18 @@ def main(args: Args) -> None:
 
     obs, global_step = loop["obs"], loop["global_step"]
     episode_return, episode_length = loop["episode_return"], loop["episode_length"]
-    start_step, start_time = global_step, time.time()
+    progress = Progress()
     metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
 
-    while global_step < args.total_timesteps:
+    def loop_state() -> dict:  # where the loop is, for a checkpoint
+        return {
+            "global_step": global_step,
+            "obs": obs,
+            "episode_return": episode_return,
+            "episode_length": episode_length,
+        }
+
+    while global_step < args.total_timesteps and not progress.stop:
         if global_step < args.learning_starts:  # uniform warm-up [reconstructed: DPMD]
             action = torch.rand(action_dim) * 2 - 1
         else:
@@ -803,9 +1006,10 @@ def main(args: Args) -> None:
             metrics = agent.update(buffer.sample(args.batch_size))
             metric_sum = metrics if metric_sum is None else metric_sum + metrics
             metric_count += 1
+            progress.step(f"[{global_step}/{args.total_timesteps}]")
 
         if global_step % args.log_interval == 0 or global_step == args.total_timesteps:
-            sps = (global_step - start_step) / (time.time() - start_time)
+            sps = progress.log()
             row = {"step": global_step, "updates": agent.step, "sps": sps}
             if metric_count:
                 values = (metric_sum / metric_count).tolist()  # the only host sync of the interval
@@ -836,23 +1040,22 @@ def main(args: Args) -> None:
             metric_sum, metric_count, episodes = None, 0, []
 
         if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-            result = evaluate(eval_policy, eval_env, args.eval_episodes, args.seed)
-            row = {"step": global_step, **{k: float(v.mean()) for k, v in result.items()}}
-            append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
-            if wandb:
-                wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=global_step)
-            last_eval = {k: v for k, v in row.items() if k != "step"}
-            print(f"[eval {global_step}] " + " | ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+            if args.eval_episodes > 0:
+                print(f"[eval {global_step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+                result = evaluate(eval_policy, eval_env, args.eval_episodes, args.seed)
+                row = {"step": global_step, **{k: float(v.mean()) for k, v in result.items()}}
+                append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
+                if wandb:
+                    wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=global_step)
+                last_eval = {k: v for k, v in row.items() if k != "step"}
+                print(" | ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if args.save_model:
-                loop = {
-                    "global_step": global_step,
-                    "obs": obs,
-                    "episode_return": episode_return,
-                    "episode_length": episode_length,
-                }
-                save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, env, loop, args, device)
+                save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, env, loop_state(), args)
+            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
-    if args.save_dataset:
+    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
+        save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, env, loop_state(), args)
+    if args.save_dataset and not progress.stop:
         data = {k: v.numpy() for k, v in buffer.state_dict().items()}
         save_minari_dataset(args.save_dataset, data, env, args)
         print(f"wrote the replay buffer ({buffer.size} transitions) as Minari dataset {args.save_dataset}")
@@ -860,10 +1063,13 @@ def main(args: Args) -> None:
     eval_env.close()
     if wandb:
         wandb.finish()
+    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
-    except ConfigError as e:
+        main(*parse_cli(Args))
+    except (ConfigError, UsageError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("aborted by Ctrl-C")

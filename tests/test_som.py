@@ -216,8 +216,8 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     mid.mkdir()
     save = som.save_checkpoint
 
-    def save_and_copy(path, agent, buffer, env, loop, args, device):
-        save(path, agent, buffer, env, loop, args, device)
+    def save_and_copy(path, agent, buffer, env, loop, args):
+        save(path, agent, buffer, env, loop, args)
         if loop["global_step"] == 45:
             shutil.copy(path, mid / "model.pt")
 
