@@ -1,0 +1,197 @@
+"""The four scripts' shared run plumbing: argument checks, checkpoint errors, resume semantics, run directories,
+Ctrl-C and the SPS measurement."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, import_algo, read_jsonl, run_script
+
+ALGOS = ("meanflowql", "ofql", "mvp", "som")
+mfql = import_algo("meanflowql")
+TINY = dict(actor_hidden_dim=16, actor_depth=1, critic_hidden_dim=16, critic_layers=1, batch_size=8, cuda=False)
+
+
+def script(algo: str) -> str:
+    return str(ROOT / "algos" / f"{algo}.py")
+
+
+def test_the_run_plumbing_is_the_same_in_the_four_scripts():
+    pattern = re.compile(r"^# --- shared run plumbing.*?^# --- end of the shared run plumbing ---$", re.S | re.M)
+    blocks = {pattern.search((ROOT / "algos" / f"{a}.py").read_text()).group(0) for a in ALGOS}
+    assert len(blocks) == 1
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_bad_arguments_fail_at_once_with_every_problem_named(algo, tmp_path):
+    steps = "--total-timesteps" if algo == "som" else "--offline-steps"
+    rate = "--ema-rho" if algo == "ofql" else "--tau"
+    proc = run_script([script(algo), "--batch-size", "0", "--discount", "1.5", "--exp-name", "a/b", steps, "-3",
+                       rate, "nan"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    for text in ("--batch-size must be >= 1 (got 0)", "--discount must be in (0, 1] (got 1.5)", f"{steps} must be >= 1",
+                 "--exp-name must be one path component", f"{rate} must be a finite number"):  # fmt: skip
+        assert text in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_broken_checkpoints_are_refused_before_any_data_is_loaded(algo, tmp_path):
+    module = import_algo(algo)
+    other = "ofql" if algo == "meanflowql" else "meanflowql"
+    torch.save({"algo": other, "args": {}}, tmp_path / "other.pt")
+    torch.save({"step": 3}, tmp_path / "old.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "random.pt").write_bytes(os.urandom(1000))
+    good = tmp_path / "good.pt"
+    torch.save({"algo": algo, "args": {}, "weights": torch.zeros(10_000)}, good)
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:5000])
+    cases = {
+        "missing.pt": "no such file",
+        ".": "is a directory",
+        "empty.pt": "is empty",
+        "random.pt": "cannot be read",
+        "truncated.pt": "cannot be read",
+        "old.pt": f"is not a checkpoint of algos/{algo}.py",
+        "other.pt": f"is a checkpoint of algos/{other}.py, not of algos/{algo}.py",
+    }
+    for name, message in cases.items():
+        with pytest.raises(module.UsageError, match=re.escape(message)):
+            module.read_checkpoint(str(tmp_path / name), algo)
+    proc = run_script([script(algo), "--resume", str(tmp_path / "other.pt"), "--env-id", "NoSuchEnv-v0"], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "is a checkpoint of" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(minari_root, tmp_path_factory) -> dict:
+    """A tiny MeanFlowQL run of 20 offline steps with a checkpoint every 10, and a copy of the step-10 checkpoint."""
+    cwd = tmp_path_factory.mktemp("run")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "cuda"]
+    proc = run_script([script("meanflowql"), "--env-id", "antmaze-umaze", "--offline-steps", "20", "--eval-interval",
+                       "10", "--log-interval", "5", "--eval-episodes", "0", "--save-model", "--no-cuda", *flags],
+                      cwd=cwd, env={"MINARI_DATASETS_PATH": str(minari_root)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = (cwd / "runs").iterdir()
+    return {"cwd": cwd, "run_dir": run_dir, "env": {"MINARI_DATASETS_PATH": str(minari_root)}}
+
+
+def test_run_names_are_unique_and_sortable(finished_run, tmp_path):
+    assert re.fullmatch(r"antmaze-umaze__meanflowql__1__\d{8}-\d{6}", finished_run["run_dir"].name)
+    dirs = [mfql.make_run_dir(str(tmp_path / "out"), "D4RL/antmaze/umaze-v1", "x", 1) for _ in range(3)]
+    assert len(set(dirs)) == 3 and all(os.path.isdir(d) for d in dirs)
+    assert dirs[1] == dirs[0] + "-2" and dirs[2] == dirs[0] + "-3" and sorted(dirs) == dirs
+
+
+def test_resume_restores_the_checkpoint_arguments_and_refuses_new_network_sizes(finished_run, tmp_path):
+    ckpt = finished_run["run_dir"] / "model.pt"
+    common = dict(cwd=tmp_path, env=finished_run["env"])
+    proc = run_script([script("meanflowql"), "--resume", str(ckpt)], **common)  # finished: nothing to do
+    assert proc.returncode == 0 and "the run finished at step 20 of 20; nothing to do" in proc.stdout
+    before = {p.name: p.read_bytes() for p in finished_run["run_dir"].iterdir()}
+    proc = run_script([script("meanflowql"), "--resume", str(ckpt), "--critic-hidden-dim", "64"], **common)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--critic-hidden-dim 64 differs from the checkpoint's 16; a resumed run keeps it" in proc.stderr
+    proc = run_script([script("meanflowql"), "--resume", str(ckpt), "--env-id", "antmaze-medium-play"], **common)
+    assert proc.returncode == 1 and "--env-id antmaze-medium-play differs from the checkpoint's" in proc.stderr
+    assert before == {p.name: p.read_bytes() for p in finished_run["run_dir"].iterdir()}  # left alone
+
+    # the network flags are not given again: they come from the checkpoint; a new step count applies with a notice
+    with open(finished_run["run_dir"] / "train.jsonl", "a") as f:
+        f.write('{"step": 25, "critic_lo')  # a partial last line, as from a run killed mid-write
+    proc = run_script([script("meanflowql"), "--resume", str(ckpt), "--offline-steps", "30"], **common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "notice: resuming with --offline-steps 30 (the checkpoint had 20)" in proc.stdout
+    assert [row["step"] for row in read_jsonl(finished_run["run_dir"] / "train.jsonl")] == [5, 10, 15, 20, 25, 30]
+    config = json.loads((finished_run["run_dir"] / "config.json").read_text())
+    assert (config["critic_hidden_dim"], config["offline_steps"]) == (16, 30)
+
+
+def test_checkpoints_load_on_the_cpu_whatever_the_device(finished_run, monkeypatch):
+    """torch.set_rng_state takes CPU byte tensors only: a checkpoint loaded with map_location=<the CUDA device> crashed
+    resume on GPUs. The checkpoint must be read on the CPU, and the RNG states must reach set_rng_state as such."""
+    seen = []
+    load, set_rng_state = torch.load, torch.set_rng_state
+
+    def recording_load(*a, **kw):
+        seen.append(kw.get("map_location"))
+        return load(*a, **kw)
+
+    def checked_set_rng_state(state):
+        assert state.device.type == "cpu" and state.dtype == torch.uint8
+        set_rng_state(state)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    monkeypatch.setattr(torch, "set_rng_state", checked_set_rng_state)
+    ckpt = mfql.read_checkpoint(str(finished_run["run_dir"] / "model.pt"), "meanflowql")
+    assert seen == ["cpu"]
+    mfql.restore_rng(ckpt["rng"], torch.device("cpu"))
+
+
+def test_unwritable_output_directories_are_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    for algo, env_id in (("meanflowql", "antmaze-umaze"), ("som", "InvertedPendulum-v5")):
+        proc = run_script([script(algo), "--output-dir", str(tmp_path / "file" / "runs"), "--env-id", env_id],
+                          cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert f"cannot write to --output-dir {tmp_path / 'file' / 'runs'}" in proc.stderr
+    proc = run_script([script("som"), "--save-dataset", "test/x-v0"], cwd=tmp_path,
+                      env={"MINARI_DATASETS_PATH": str(tmp_path / "file" / "minari")})  # fmt: skip
+    assert proc.returncode == 1 and "cannot write to the Minari datasets directory" in proc.stderr
+
+
+def test_ctrl_c_stops_cleanly_with_a_last_checkpoint(minari_root, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MINARI_DATASETS_PATH": str(minari_root)}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "cuda"]
+    proc = subprocess.Popen(
+        [sys.executable, script("meanflowql"), "--env-id", "antmaze-umaze", "--offline-steps", "100000",
+         "--log-interval", "5", "--eval-interval", "100000", "--save-model", "--no-cuda", *flags],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("[offline 10/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert f"stopped by Ctrl-C: the run is in {os.path.join('runs', run_dir.name)}, its checkpoint is" in err
+    assert "stopping after this step" in out
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "model.pt", "train.jsonl"]  # no model.pt.tmp
+    assert torch.load(run_dir / "model.pt", weights_only=False)["step"] >= 10
+
+
+def test_sps_leaves_out_the_first_update_and_evaluations(monkeypatch, capsys):
+    clock = [1000.0]
+    monkeypatch.setattr(mfql.time, "time", lambda: clock[0])
+    progress = mfql.Progress()
+    clock[0] += 30
+    progress.step("[offline 1/100]")  # the first update: compilation, left out
+    for _ in range(10):
+        clock[0] += 0.5
+        progress.step("[offline]")
+    assert progress.log() == pytest.approx(2.0)
+    clock[0] += 100  # an evaluation and a checkpoint
+    progress.reset()
+    for i in range(4):
+        clock[0] += 1
+        progress.step(f"[offline {i}]")
+    assert progress.sps() == pytest.approx(1.0)
+    progress.close("unused", None)
+    assert "SPS" not in capsys.readouterr().out  # a log line came within the first minute: no early line
+
+
+def test_an_early_progress_line_comes_a_minute_into_a_long_interval(monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(mfql.time, "time", lambda: clock[0])
+    progress = mfql.Progress()
+    for i in range(100):
+        clock[0] += 1.0
+        progress.step(f"[offline {i + 1}/1000000]")
+    progress.close("unused", None)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("[offline 61/1000000] SPS 1.00")
