@@ -985,7 +985,7 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
     given -= {"resume"}
-    merged = {**saved, "resume": args.resume}
+    merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
     for name in sorted(given & set(saved)):
         new, old = getattr(args, name), saved[name]
         if new == old:

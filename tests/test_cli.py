@@ -195,3 +195,14 @@ def test_an_early_progress_line_comes_a_minute_into_a_long_interval(monkeypatch,
     progress.close("unused", None)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith("[offline 61/1000000] SPS 1.00")
+
+
+def test_som_with_no_evaluation_episodes_writes_no_nan(tmp_path, monkeypatch):
+    som = import_algo("som")
+    monkeypatch.chdir(tmp_path)
+    som.main(som.Args(env_id="InvertedPendulum-v5", total_timesteps=40, learning_starts=20, eval_interval=20,
+                      eval_episodes=0, log_interval=20, batch_size=8, num_mc_samples=2, num_samples=2,
+                      hidden_dims=(8,), critic_hidden_dims=(8,), cuda=False))  # fmt: skip
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "eval.jsonl").exists()
+    assert [row["step"] for row in read_jsonl(run_dir / "train.jsonl")] == [20, 40]
