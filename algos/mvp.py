@@ -270,7 +270,7 @@ def load_dataset(dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_sc
         if outside.any():
             print(
                 f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
-                f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.1% of the range; clipped"
+                f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.05% of their range; clipped"
             )
         data["actions"] = np.clip(unit, -1 + 1e-5, 1 - 1e-5).astype(np.float32)
         data["rewards"] = task.transform_reward(data["rewards"])
