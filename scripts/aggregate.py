@@ -7,7 +7,9 @@
   learn_runs.csv    one row per job: status (ok / failed / missing), exit code, log (relative to the sweep's directory),
                     final and best metric, final return, return averaged over the evaluations, wall time
   learn.csv         one row per (task, algorithm): final and best metric and final return, mean and std over the seeds
-                    that finished, and the final and mean return minus BC's, paired by seed (see paired_vs_bc)
+                    that finished; the final metric's interquartile mean with a 95% stratified-bootstrap confidence
+                    interval (the rliable protocol, Agarwal et al. 2021); and the final and mean return minus BC's,
+                    paired by seed (see paired_vs_bc)
   learn.md          the same as a markdown table, naming every failed or missing run
   learn_<task>.png  learning curves, mean ± std over seeds (only when matplotlib is installed)
 The metric is the success rate where the environment reports success (OGBench tasks), else the episodic return.
@@ -28,6 +30,9 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+import scipy.stats
 
 ALGO_LABELS = {
     "meanflowql": "MeanFlowQL",
@@ -144,6 +149,25 @@ def fmt(mean: float, std: float, metric: str) -> str:
     return f"{mean * scale:.1f}" + ("" if math.isnan(std) else f" ± {std * scale:.1f}")
 
 
+def iqm(values: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% of the values (rliable's IQM, scipy's trim_mean at 0.25)."""
+    return float(scipy.stats.trim_mean(values, 0.25))
+
+
+def stratified_bootstrap_ci(
+    strata: list[list[float]], statistic=iqm, reps: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile confidence interval of `statistic` over the pooled runs, resampling the runs of each stratum (task)
+    with replacement, independently (rliable's stratified bootstrap). One stratum: the plain bootstrap over seeds."""
+    rng = np.random.default_rng(seed)
+    strata = [np.asarray(s, dtype=float) for s in strata if len(s)]
+    if not strata:
+        return math.nan, math.nan
+    stats = [statistic(np.concatenate([rng.choice(s, len(s)) for s in strata])) for _ in range(reps)]
+    low, high = np.quantile(stats, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
 def paired_vs_bc(runs: list[Run], bc_runs: list[Run], prefix: str) -> dict[str, float | int]:
     """`prefix` (final_return or mean_return) minus BC's on the same task, paired by seed: a seed's runs share the
     dataset and the evaluation starts (env seeds seed + 10_000 + i), so the difference removes the spread of the
@@ -171,6 +195,8 @@ def summarise(runs: list[Run], bc_runs: list[Run], out: Path) -> dict[str, objec
     """One (task, algorithm) group; bc_runs is the BC group of the same task (empty for BC itself and SOM)."""
     ok = [r for r in runs if r.status == "ok" and r.curve]
     final, best = mean_std([r.final for r in ok]), mean_std([r.best for r in ok])
+    final_iqm = iqm(np.array([r.final for r in ok])) if ok else math.nan
+    final_ci = stratified_bootstrap_ci([[r.final for r in ok]])
     final_return = mean_std([r.final_return for r in ok if not math.isnan(r.final_return)])
     notes = [f"s{r.seed} failed (exit {r.exit_code}, {r.log.relative_to(out)})" for r in runs if r.status == "failed"]
     notes += [f"s{r.seed} missing (not finished)" for r in runs if r.status == "missing"]
@@ -183,6 +209,9 @@ def summarise(runs: list[Run], bc_runs: list[Run], out: Path) -> dict[str, objec
         "seeds": len(runs),
         "final_mean": final[0],
         "final_std": final[1],
+        "final_iqm": final_iqm,
+        "final_iqm_ci_low": final_ci[0],
+        "final_iqm_ci_high": final_ci[1],
         "best_mean": best[0],
         "best_std": best[1],
         "final_return_mean": final_return[0],
@@ -192,6 +221,14 @@ def summarise(runs: list[Run], bc_runs: list[Run], out: Path) -> dict[str, objec
         "final_step": ok[0].curve[-1][0] if ok else "",
         "notes": "; ".join(notes),
     }
+
+
+def fmt_iqm(s: dict[str, object]) -> str:
+    if math.isnan(s["final_iqm"]):
+        return "—"
+    scale = 100 if s["metric"] == "success_rate" else 1
+    values = (s["final_iqm"], s["final_iqm_ci_low"], s["final_iqm_ci_high"])
+    return "{:.1f} [{:.1f}, {:.1f}]".format(*(v * scale for v in values))
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
@@ -213,24 +250,28 @@ def markdown(summaries: list[dict[str, object]], command: str, plots: list[Path]
         "",
         "**final**: the last evaluation of each run; **best**: each run's best evaluation (selected on the evaluation",
         "episodes themselves, so optimistic); both as mean ± sample std over the seeds that finished. Success in %.",
+        "**final IQM [95% CI]**: the interquartile mean of the final evaluations over the seeds, with a percentile",
+        "bootstrap confidence interval over seeds (2000 resamples; the rliable protocol, Agarwal et al. 2021). With",
+        "few seeds the interval is wide and coarse: read it as such.",
         "**final return**: the episodic return of the last evaluation (for success tasks it also tells how fast).",
         "**vs BC**: the final return, and the return averaged over every evaluation (the area under the curve),",
         "minus BC's for the same seed (same data and evaluation starts): mean ± std over the seeds, (seeds better than",
         "BC / pairs, one-sided sign-test p-value of that count).",
         "",
-        "| task | algorithm | metric | final | best | final return | final return vs BC | mean return vs BC | seeds "
-        "| notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | algorithm | metric | final | final IQM [95% CI] | best | final return | final return vs BC "
+        "| mean return vs BC | seeds | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         metric = {"success_rate": "success (%)", "episodic_return": "return"}.get(str(s["metric"]), "—")
         final = fmt(s["final_mean"], s["final_std"], s["metric"])
+        final_iqm = fmt_iqm(s)
         best = fmt(s["best_mean"], s["best_std"], s["metric"])
         final_return = fmt(s["final_return_mean"], s["final_return_std"], "episodic_return")
         vs_bc = " | ".join(fmt_vs_bc(s, prefix) for prefix in ("final_return", "mean_return"))
         label = ALGO_LABELS.get(str(s["algo"]), s["algo"])
         lines.append(
-            f"| {s['task']} | {label} | {metric} | {final} | {best} | {final_return} | {vs_bc} "
+            f"| {s['task']} | {label} | {metric} | {final} | {final_iqm} | {best} | {final_return} | {vs_bc} "
             f"| {s['seeds_ok']}/{s['seeds']} | {s['notes']} |"
         )
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]

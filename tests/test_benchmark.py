@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, import_script, run_script
 
@@ -66,7 +67,7 @@ def test_failed_job_is_reported(sweeps) -> None:
     (row,) = [line for line in after["md"].splitlines() if "failed" in line]
     assert (
         row
-        == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | — | — | — | 0/1 | s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
+        == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | — | — | — | — | 0/1 | s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
     )
 
 
@@ -206,3 +207,16 @@ def test_speed_csv_has_the_machine_description(tmp_path) -> None:
     assert written["algo"] == "ofql" and float(written["updates_per_s"]) > 0
     assert written["cores"] == str(os.cpu_count()) and written["torch"] == __import__("torch").__version__
     assert written["cpu"] and written["gpu"]
+
+
+def test_iqm_and_stratified_bootstrap_against_hand_computed_values():
+    aggregate = import_script("aggregate")
+    assert aggregate.iqm(np.arange(1, 9)) == 4.5  # the mean of 3, 4, 5, 6
+    assert aggregate.iqm(np.array([0.0, 0.0, 0.0, 100.0])) == 0.0  # one value trimmed from each end
+    # seeds 0 and 1: bootstrap means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4, so the 95% interval is [0, 1]
+    assert aggregate.stratified_bootstrap_ci([[0.0, 1.0]], statistic=np.mean) == (0.0, 1.0)
+    # one run per stratum: every stratified resample is [0, 1] itself (a pooled bootstrap would vary)
+    assert aggregate.stratified_bootstrap_ci([[0.0], [1.0]], statistic=np.mean) == (0.5, 0.5)
+    low, high = aggregate.stratified_bootstrap_ci([[2.0, 2.0], [4.0, 4.0, 4.0]])  # IQM of [2, 2, 4, 4, 4]: 10/3
+    assert low == pytest.approx(10 / 3) and high == pytest.approx(10 / 3)
+    assert all(np.isnan(aggregate.stratified_bootstrap_ci([[]])))  # nothing finished
