@@ -217,3 +217,11 @@ def test_som_with_no_evaluation_episodes_writes_no_nan(tmp_path, monkeypatch):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not (run_dir / "eval.jsonl").exists()
     assert [row["step"] for row in read_jsonl(run_dir / "train.jsonl")] == [20, 40]
+
+
+def test_a_nearly_full_disk_is_reported_before_training(tmp_path, monkeypatch):
+    usage = mfql.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(mfql.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    with pytest.raises(mfql.UsageError, match=r"--output-dir .* is on a disk with only 10 MiB free"):
+        mfql.check_writable(str(tmp_path / "runs"), "--output-dir")
+    assert not (tmp_path / "runs").exists()
