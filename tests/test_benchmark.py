@@ -66,8 +66,8 @@ def test_failed_job_is_reported(sweeps) -> None:
     assert (bad["algo"], bad["task"], bad["exit_code"], bad["status"]) == ("mvp", OFFLINE_TASKS[1], "2", "failed")
     (row,) = [line for line in after["md"].splitlines() if "failed" in line]
     assert (
-        row
-        == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | — | — | — | — | 0/1 | s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
+        row == f"| {OFFLINE_TASKS[1]} | MVP | — | — | — | — | — | — | — | 0/1 "
+        f"| s1 failed (exit 2, runs/{BAD_JOB}/train.log) |"
     )
 
 
