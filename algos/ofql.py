@@ -909,7 +909,9 @@ class UsageError(Exception):
 
 
 NONNEGATIVE = {"seed", "online_steps", "online_start_steps", "eval_episodes", "learning_starts", "ema_start"}
-FIXED_ON_RESUME = ("env_id", "antmaze_goal", "normalize_obs", "horizon", "hidden", "layers", "depth", "ratio", "emb")
+FIXED_ON_RESUME = (
+    "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
+)
 """flags (or parts of their names) that a resumed run cannot change: the task, and the shapes of the networks"""
 
 
@@ -985,7 +987,7 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
         new, old = getattr(args, name), saved[name]
         if new == old:
             continue
-        if any(part in name for part in FIXED_ON_RESUME):
+        if any(part in name for part in FIXED_ON_RESUME.split()):
             raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
         print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
         merged[name] = new

@@ -225,3 +225,20 @@ def test_a_nearly_full_disk_is_reported_before_training(tmp_path, monkeypatch):
     with pytest.raises(mfql.UsageError, match=r"--output-dir .* is on a disk with only 10 MiB free"):
         mfql.check_writable(str(tmp_path / "runs"), "--output-dir")
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_every_flag_that_shapes_the_networks():
+    shaped = {
+        "meanflowql": {"actor_hidden_dim", "actor_depth", "actor_mlp_ratio", "critic_hidden_dim", "critic_layers"},
+        "ofql": {"hidden_dim", "num_layers", "time_emb_dim", "shared_time_mlp", "normalize_obs"},
+        "mvp": {"horizon", "time_embedding", "actor_hidden_dim", "actor_layers", "critic_layers", "num_critics"},
+        "som": {"hidden_dims", "critic_hidden_dims"},
+    }
+    for algo, names in shaped.items():
+        module = import_algo(algo)
+        for name in names | {"env_id"}:
+            assert any(part in name for part in module.FIXED_ON_RESUME.split()), (algo, name)
+        saved = module.Args(batch_size=7)
+        args = module.Args(batch_size=9, resume="x.pt")
+        resumed = module.resume_args(args, {f: getattr(saved, f) for f in saved.__dataclass_fields__}, {"batch_size"})
+        assert resumed.batch_size == 9 and resumed.resume == "x.pt"  # any other flag applies
