@@ -1069,11 +1069,11 @@ class Progress:
     def __init__(self):
         self.begin, self.printed, self.stop, self.first = time.time(), False, False, True
         self.reset()
-        signal.signal(signal.SIGINT, self.interrupt)
+        self.previous_handler = signal.signal(signal.SIGINT, self.interrupt)
 
     def interrupt(self, signum: int, frame: object) -> None:
         if self.stop:  # a second Ctrl-C aborts at once
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, self.previous_handler)
             raise KeyboardInterrupt
         self.stop = True
         print("\nCtrl-C: stopping after this step (press it again to abort)", flush=True)
@@ -1101,7 +1101,7 @@ class Progress:
         return sps
 
     def close(self, run_dir: str, checkpoint: Optional[str]) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, self.previous_handler)
         if self.stop:
             saved = f"its checkpoint is {checkpoint}" if checkpoint else "no checkpoint (run with --save-model)"
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")

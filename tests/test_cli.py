@@ -242,3 +242,11 @@ def test_resume_refuses_every_flag_that_shapes_the_networks():
         args = module.Args(batch_size=9, resume="x.pt")
         resumed = module.resume_args(args, {f: getattr(saved, f) for f in saved.__dataclass_fields__}, {"batch_size"})
         assert resumed.batch_size == 9 and resumed.resume == "x.pt"  # any other flag applies
+
+
+def test_progress_gives_the_interrupt_handler_back():
+    before = signal.getsignal(signal.SIGINT)
+    progress = mfql.Progress()
+    assert signal.getsignal(signal.SIGINT) == progress.interrupt
+    progress.close("unused", None)
+    assert signal.getsignal(signal.SIGINT) is before  # e.g. a notebook's own handler
