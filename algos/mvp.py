@@ -100,9 +100,10 @@ class Args:
     """N, one-step candidate chunks per generate-and-select [reconstructed, QC's best-of-N]"""
     ivc_coef: float = 1.0
     """lambda, weight of the instantaneous velocity constraint L_IVC (paper Eq. 19)"""
-    select_critic: Literal["online", "target"] = "target"
-    """critic that scores the candidates of the next chunk inside the TD target; acting always uses the online critic
-    [reconstructed; QC scores with the online critic in both places]"""
+    select_critic: Literal["online", "target"] = "online"
+    """critic that picks the best of the N candidates of the next chunk inside the TD target, which the target critic
+    then values; acting always picks with the online critic (QC's agents/acfql.py: best-of-N picks with the online
+    critic in both places)"""
     time_sampler: Literal["uniform", "logit_normal"] = "uniform"
     """distribution of t, r: U(0,1), or MeanFlow's logit-normal mirrored to this time axis [reconstructed]"""
     time_mu: float = -0.4
@@ -187,6 +188,7 @@ STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not 
     r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
     r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
     r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
+    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (README "Results")
 }
 
 
@@ -237,7 +239,13 @@ def load_dataset(dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_sc
         load_ogbench(dataset_id, dataset_dir) if is_ogbench_name(dataset_id) else load_minari(dataset_id, antmaze_goal)
     )
     task.reward_scale, task.reward_bias = reward_scale, reward_bias
-    env = task.make_env()
+    try:
+        env = task.make_env()
+    except (ImportError, gym.error.Error) as e:  # a custom env's module that is not on the import path, say
+        raise DatasetError(
+            f"'{dataset_id}': its environment cannot be made ({type(e).__name__}: {e}). A dataset of a custom env "
+            "needs the env's module on the import path (this project's bandit: PYTHONPATH=scripts)"
+        ) from None
     space = env.action_space
     if not (isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise DatasetError(f"'{dataset_id}': the env's action space {space} is not a bounded Box")
@@ -709,7 +717,8 @@ def compute_losses(
     obs, actions, valid = batch["observations"], batch["actions"], batch["valid"]
     next_obs = batch["next_observations"]
 
-    # critic: the next chunk is GenSelect(s_{+h}), valued by the target critic's ensemble mean (Eq. 20, spec §4)
+    # critic: the next chunk is GenSelect(s_{+h}) (picked by the online critic unless --select-critic target), valued
+    # by the target critic's ensemble mean (Eq. 20; QC's agents/acfql.py critic_loss)
     with torch.no_grad():
         selector = critic_target if args.select_critic == "target" else critic
         next_q = critic_target(next_obs, gen_select(actor, selector, next_obs, args.num_samples)).mean(0)

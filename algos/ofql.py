@@ -226,6 +226,7 @@ STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not 
     r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
     r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
     r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
+    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (README "Results")
 }
 
 
@@ -276,7 +277,13 @@ def load_dataset(dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_sc
         load_ogbench(dataset_id, dataset_dir) if is_ogbench_name(dataset_id) else load_minari(dataset_id, antmaze_goal)
     )
     task.reward_scale, task.reward_bias = reward_scale, reward_bias
-    env = task.make_env()
+    try:
+        env = task.make_env()
+    except (ImportError, gym.error.Error) as e:  # a custom env's module that is not on the import path, say
+        raise DatasetError(
+            f"'{dataset_id}': its environment cannot be made ({type(e).__name__}: {e}). A dataset of a custom env "
+            "needs the env's module on the import path (this project's bandit: PYTHONPATH=scripts)"
+        ) from None
     space = env.action_space
     if not (isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise DatasetError(f"'{dataset_id}': the env's action space {space} is not a bounded Box")

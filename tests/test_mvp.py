@@ -206,6 +206,28 @@ def test_no_q_gradient_reaches_the_generator():
     assert not all(torch.equal(a, b) for a, b in zip(grads[0][n_actor:], grads[1][n_actor:]))
 
 
+def test_td_target_picks_the_next_chunk_with_the_online_critic_by_default():
+    """QC's best-of-N picks the next chunk with the online critic and values it with the target critic."""
+    agent, batch = tiny_agent()
+    for p in agent.critic_target.parameters():  # a target critic that ranks the candidates differently
+        p.data.add_(torch.randn_like(p))
+    obs = batch["next_observations"]
+    targets = {}
+    for selector in ("online", "target"):
+        torch.manual_seed(3)
+        chunk = mvp.gen_select(agent.actor, agent.critic if selector == "online" else agent.critic_target, obs, 4)
+        next_q = agent.critic_target(obs, chunk).mean(0)
+        targets[selector] = mvp.chunk_target(batch["rewards"], batch["masks"], next_q, agent.args.discount).mean()
+    assert not torch.isclose(targets["online"], targets["target"])
+    for selector, args in (
+        ("online", agent.args),
+        ("target", mvp.Args(**{**vars(agent.args), "select_critic": "target"})),
+    ):
+        torch.manual_seed(3)
+        _, metrics = mvp.compute_losses(agent.actor, agent.critic, agent.critic_target, batch, args)
+        torch.testing.assert_close(metrics[mvp.METRICS.index("target_mean")], targets[selector])
+
+
 @pytest.mark.parametrize("horizon", [1, 3])
 def test_update_moves_the_networks_and_the_target_by_tau(horizon):
     agent, batch = tiny_agent(horizon, time_sampler="logit_normal", mf_diag_ratio=0.25, adaptive_p=0.5)
