@@ -23,7 +23,9 @@ learn  Learning evidence on data generated here:
                   controller's steps replaced by uniform random actions) and invertedpendulum-mixed (a stand-in of
                   mujoco/invertedpendulum/medium-v0: a balancing controller with half of its steps random,
                   scripts/make_pendulum_dataset.py); the -mixed data are what behaviour cloning copies and a
-                  critic can see through; --steps gradient steps each, default networks;
+                  critic can see through; bandit-two-hills (scripts/bandit.py: a one-step contextual bandit whose
+                  data mix two narrow reward hills, the better one depending on the state; 10000 episodes,
+                  200 evaluation episodes, MVP with --horizon 1); --steps gradient steps each, default networks;
                   bc = algos/ofql.py --eta 0 --eval-candidates 1: OFQL's one-step MeanFlow behaviour cloning with
                   neither the Q term in the actor loss nor Q-based action selection (its critic trains but is unused)
          online   som on InvertedPendulum-v5 and HalfCheetah-v4, --online-steps environment steps each
@@ -88,12 +90,15 @@ speed() {
 
 OFFLINE_ALGOS=(meanflowql ofql mvp bc)
 OFFLINE_TASKS=(cube-single-play-singletask-v0 pointmaze-medium-navigate-singletask-v0 pointmaze-umaze
-  pointmaze-umaze-mixed invertedpendulum-mixed)
+  pointmaze-umaze-mixed invertedpendulum-mixed bandit-two-hills)
 ONLINE_TASKS=(InvertedPendulum-v5 HalfCheetah-v4)
 UMAZE=D4RL/pointmaze/umaze-v2  # what --env-id pointmaze-umaze reads: a Minari stand-in made by make_minari_dataset.py
 UMAZE_STEPS=300                # rows per stand-in episode: the eval env's episode limit
 PENDULUM=mujoco/invertedpendulum/medium-v0  # what invertedpendulum-mixed reads: a stand-in by make_pendulum_dataset.py
 MIXED_RANDOM_PROB=0.5          # the -mixed tasks: probability of a uniform random step instead of the controller's
+BANDIT=meanflow-rl/bandit/two-hills-v0  # what bandit-two-hills reads: the project's own task, scripts/bandit.py
+BANDIT_EPISODES=10000          # its one-step episodes (--tiny: 200)
+BANDIT_EVAL_EPISODES=200       # one step each: evaluations of 200 states cost little and vary less
 
 dataset_of() {  # offline task -> the dataset it reads (an OGBench file stem, or the Minari stand-in)
   case $1 in
@@ -102,6 +107,7 @@ dataset_of() {  # offline task -> the dataset it reads (an OGBench file stem, or
     pointmaze-umaze) echo minari-pointmaze-umaze ;;
     pointmaze-umaze-mixed) echo minari-pointmaze-umaze-mixed ;;
     invertedpendulum-mixed) echo minari-invertedpendulum-mixed ;;
+    bandit-two-hills) echo minari-bandit-two-hills ;;
   esac
 }
 
@@ -109,6 +115,7 @@ env_id_of() {  # offline task -> the scripts' --env-id (both UMaze tasks are D4R
   case $1 in
     pointmaze-umaze*) echo pointmaze-umaze ;;
     invertedpendulum-mixed) echo "$PENDULUM" ;;
+    bandit-two-hills) echo "$BANDIT" ;;
     *) echo "$1" ;;
   esac
 }
@@ -118,6 +125,7 @@ minari_dir_of() {  # Minari stand-in -> its MINARI_DATASETS_PATH
     minari-pointmaze-umaze) echo "$out/data/minari-${episodes}x${umaze_steps}" ;;
     minari-pointmaze-umaze-mixed) echo "$out/data/minari-random${MIXED_RANDOM_PROB}-${episodes}x${umaze_steps}" ;;
     minari-invertedpendulum-mixed) echo "$out/data/minari-pendulum-random${MIXED_RANDOM_PROB}-${episodes}" ;;
+    minari-bandit-two-hills) echo "$out/data/minari-bandit-${bandit_episodes}" ;;
   esac
 }
 
@@ -125,6 +133,7 @@ minari_id_of() {  # Minari stand-in -> its dataset id
   case $1 in
     minari-pointmaze-umaze*) echo "$UMAZE" ;;
     minari-invertedpendulum-mixed) echo "$PENDULUM" ;;
+    minari-bandit-two-hills) echo "$BANDIT" ;;
   esac
 }
 
@@ -155,19 +164,23 @@ learn() {
   fi
   mkdir -p "$out/runs"
   printf 'name\talgo\ttask\tseed\tkind\tdir\n' >"$out/learn_jobs.tsv.tmp"
-  local task algo seed script
-  local -a data_flags
+  local task algo seed script task_eval_episodes
+  local -a data_flags task_flags
   for task in "${OFFLINE_TASKS[@]}"; do
     data_flags=()
     [[ $task == *singletask* ]] && data_flags=(--dataset-dir "$data_dir")  # OGBench's; the stand-in is Minari's
+    task_eval_episodes=$eval_episodes
+    [[ $task == bandit-* ]] && ((!tiny)) && task_eval_episodes=$BANDIT_EVAL_EPISODES
     for algo in "${OFFLINE_ALGOS[@]}"; do
       script=$algo
       [[ $algo == bc ]] && script=ofql
+      task_flags=()
+      [[ $task == bandit-* && $algo == mvp ]] && task_flags=(--horizon 1)  # one-step episodes: no chunks
       for ((seed = 1; seed <= seeds; seed++)); do
         add_job offline "$algo" "$task" "$seed" "$ROOT/algos/$script.py" --env-id "$(env_id_of "$task")" \
           ${data_flags[@]+"${data_flags[@]}"} --seed "$seed" --offline-steps "$steps" --online-steps 0 \
-          --eval-interval "$(at_least_1 $((steps / evals)))" --eval-episodes "$eval_episodes" \
-          --log-interval "$(at_least_1 $((steps / 20)))"
+          --eval-interval "$(at_least_1 $((steps / evals)))" --eval-episodes "$task_eval_episodes" \
+          --log-interval "$(at_least_1 $((steps / 20)))" ${task_flags[@]+"${task_flags[@]}"}
       done
     done
   done
@@ -247,8 +260,8 @@ parse_learn_args() {  # the sweep's settings, as globals
   done
   threads=$(at_least_1 $(($(nproc) / workers)))
   data_dir="$out/data/ogbench-${episodes}x${ep_steps}"
-  umaze_steps=$UMAZE_STEPS
-  ((tiny)) && umaze_steps=$ep_steps
+  umaze_steps=$UMAZE_STEPS bandit_episodes=$BANDIT_EPISODES
+  ((tiny)) && umaze_steps=$ep_steps bandit_episodes=200
   # The command that reproduces this sweep, for the reports.
   sweep="bash benchmark.sh learn --seeds $seeds --steps $steps --online-steps $online_steps --episodes $episodes"
   sweep+=" --eval-episodes $eval_episodes --evals $evals"
@@ -285,6 +298,7 @@ add_job() {  # kind algo task seed script flags...: list the job in learn_jobs.t
   command=$(printf '%q ' "${flags[@]}")
   [[ $kind == offline && $(dataset_of "$task") == minari-* ]] &&
     minari_export="export MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$(dataset_of "$task")")")"
+  [[ $task == bandit-* ]] && minari_export+="; export PYTHONPATH=$(printf '%q' "$ROOT/scripts")"  # the env's module
   if [[ -f $dir/DONE ]]; then
     if [[ $(<"$dir/DONE") == "$command" ]]; then
       skipped=$((skipped + 1))
@@ -326,7 +340,9 @@ write_dataset_script() {  # dataset: the script that generates it (seed 0; OGBen
   mkdir -p "$data_dir"
   if [[ $dataset == minari-* ]]; then
     command="MINARI_DATASETS_PATH=$(printf '%q' "$(minari_dir_of "$dataset")") "
-    if [[ $dataset == minari-invertedpendulum-* ]]; then
+    if [[ $dataset == minari-bandit-* ]]; then
+      command+="$(printf '%q ' "$PY" "$ROOT/scripts/bandit.py" --num-episodes "$bandit_episodes" --seed 0)"
+    elif [[ $dataset == minari-invertedpendulum-* ]]; then
       command+="$(printf '%q ' "$PY" "$ROOT/scripts/make_pendulum_dataset.py" --num-episodes "$episodes" \
         --random-prob "$MIXED_RANDOM_PROB" --seed 0)"
     else  # noisy waypoint-controller episodes of the eval env's length

@@ -116,12 +116,17 @@ class Args:
     """a' per next state in the TD target; > 1 is the max-Q backup (max over samples per critic, then min over the
     critics); None = 10 for AntMaze, 1 elsewhere (spec §3)"""
     ema_rho: float = 0.995
-    """EMA rate of the target policy and target critics (theta' <- rho theta' + (1 - rho) theta) [reconstructed]"""
+    """EMA rate of the target policy (theta' <- rho theta' + (1 - rho) theta), DQL's ema_decay [reconstructed]"""
     ema_every: int = 5
-    """EMA period K in gradient steps [reconstructed]"""
+    """EMA period K of the target policy in gradient steps, DQL's update_ema_every [reconstructed]"""
     ema_start: int = 1000
-    """the target policy stays at its initialisation until this step, as in DQL and CleanDiffuser; the target
-    critics are updated from the start (CleanDiffuser) [reconstructed]"""
+    """the target policy stays at its initialisation until this step, DQL's step_start_ema [reconstructed]"""
+    critic_tau: Optional[float] = 0.005
+    """Polyak rate of the target critics, applied every step (DQL's tau); None = the target policy's EMA
+    (rho, K, from step 0), one rate for both as Alg. 1 step 5 writes it [reconstructed]"""
+    q_normalizer: Literal["data", "policy"] = "data"
+    """actions over which E|Q| normalises the Q term: the dataset's (paper Sec. 3.2, App. B) or the policy's (DQL's
+    code)"""
     clip_in_actor_loss: bool = True
     """clip the one-step action to [-1, 1] before the critic in the actor loss [reconstructed, spec §2]"""
     hidden_dim: int = 256
@@ -771,8 +776,9 @@ def critic_loss(
 def actor_loss(
     policy: nn.Module, critic: nn.Module, batch: dict[str, torch.Tensor], args: Args
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_FBC + eta * (-Q_1(s, a_pi).mean() / |Q_2(s, a_pi)|.mean().detach()), the critics swapped at random (Eq. 7/17
-    with DQL's normalisation, spec §3); the Q gradient flows through the one-step action only."""
+    """L_FBC + eta * (-Q_1(s, a_pi).mean() / |Q_2(s, a)|.mean().detach()), the critics swapped at random (Eq. 7/17;
+    alpha = eta / E|Q(s, a)| over dataset actions a as in Sec. 3.2, or over a_pi as in DQL's code); the Q gradient
+    flows through the one-step action only."""
     obs, actions = batch["observations"], batch["actions"]
     batch_size, device = actions.shape[0], actions.device
     t, r = sample_times(batch_size, args.flow_ratio, args.time_sampler, args.time_mu, args.time_sigma, device)
@@ -783,8 +789,9 @@ def actor_loss(
         a_pi = a_pi.clamp(-1, 1)
     frozen = {k: p.detach() for k, p in critic.named_parameters()}  # no critic gradients from the actor loss
     q = torch.func.functional_call(critic, frozen, (obs, a_pi))
+    q_norm = q if args.q_normalizer == "policy" else critic(obs, actions).detach()
     swap = torch.rand((), device=device) < 0.5
-    q1, q2 = torch.where(swap, q[1], q[0]), torch.where(swap, q[0], q[1])
+    q1, q2 = torch.where(swap, q[1], q[0]), torch.where(swap, q_norm[0], q_norm[1])
     q_loss = -q1.mean() / q2.abs().mean().detach()
     loss = fbc + args.eta * q_loss
     return loss, torch.stack([fbc, q_loss, loss]).detach()
@@ -843,10 +850,15 @@ class Agent:
         self.policy_sched.step()
         self.critic_sched.step()
 
-        if self.step % a.ema_every == 0:  # theta' <- rho theta' + (1 - rho) theta, phi' likewise (Alg. 1 step 5)
-            with torch.no_grad():
-                critic_params = list(self.critic.parameters())
-                torch._foreach_lerp_(list(self.critic_target.parameters()), critic_params, 1 - a.ema_rho)
+        # target networks (Alg. 1 step 5, with DQL's rates): phi' <- (1 - tau) phi' + tau phi every step, and every K
+        # steps theta' <- rho theta' + (1 - rho) theta from step ema_start (phi' likewise with --critic-tau None)
+        with torch.no_grad():
+            critic_params, critic_target_params = list(self.critic.parameters()), list(self.critic_target.parameters())
+            if a.critic_tau is not None:
+                torch._foreach_lerp_(critic_target_params, critic_params, a.critic_tau)
+            if self.step % a.ema_every == 0:
+                if a.critic_tau is None:
+                    torch._foreach_lerp_(critic_target_params, critic_params, 1 - a.ema_rho)
                 if self.step >= a.ema_start:
                     policy_params = list(self.policy.parameters())
                     torch._foreach_lerp_(list(self.policy_target.parameters()), policy_params, 1 - a.ema_rho)

@@ -101,8 +101,9 @@ class Args:
     # --- score target and MeanFlow loss (spec §2-§4) [secondary unless marked] ---
     beta_min: float = 0.1
     """VP-SDE beta(0)"""
-    beta_max: float = 5.0
-    """VP-SDE beta(1); the spec's 20 makes the proposals sigma_t/mu_t up to 150x wider than the action box"""
+    beta_max: float = 20.0
+    """VP-SDE beta(1); 20 ends the forward process at N(0.0066 a_0, 0.99996 I), the prior the policy acts from (at 5
+    it ends at N(0.28 a_0, 0.92 I), and one-step actions are pulled toward the centre of the box)"""
     num_mc_samples: int = 100
     """K, Monte-Carlo proposals per state in the iDEM score estimator"""
     alpha_inv: float = 10.0
@@ -111,8 +112,9 @@ class Args:
     """block: standardise Q over the whole K x B block of proposals before the log-sum-exp (spec default)"""
     score_q: Literal["min", "mean"] = "min"
     """twin-critic aggregation inside the score estimator [reconstructed]"""
-    clip_proposals: bool = False
-    """clip the proposals a_0^(k) to [-1, 1], as the DPMD iDEM variant does [reconstructed]"""
+    score_estimator: Literal["box", "idem"] = "box"
+    """box: Tweedie's formula with the proposals truncated to the action box (p_0 lives there); idem: iDEM's
+    reparameterised gradient over untruncated proposals (the secondary's), see boltzmann_score"""
     score_norm: Literal["unit", "none"] = "none"
     """n(score) in the velocity target: the raw score (PF-ODE), or unit-normalised per sample (spec default)"""
     score_scale: float = 1.0
@@ -353,6 +355,20 @@ def vp_schedule(t: torch.Tensor, beta_min: float, beta_max: float) -> tuple[torc
     return beta, log_mu.exp(), torch.sqrt(-torch.expm1(2 * log_mu))
 
 
+def truncated_normal(mean: torch.Tensor, std: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k samples [k, *mean.shape] of N(mean, std^2) truncated to [-1, 1] per coordinate (inverse CDF), and its exact
+    mean. Coordinates are mirrored to mean >= 0 so that the box sits in the lower tail, where ndtr is accurate."""
+    sign, m = torch.where(mean < 0, -1.0, 1.0), mean.abs()
+    lo, hi = (-1 - m) / std, (1 - m) / std
+    cdf_lo, cdf_hi = torch.special.ndtr(lo), torch.special.ndtr(hi)
+    u = cdf_lo + (cdf_hi - cdf_lo) * torch.rand(k, *mean.shape, device=mean.device, dtype=mean.dtype)
+    tiny = torch.finfo(mean.dtype).tiny
+    samples = (m + std * torch.special.ndtri(u.clamp_min(tiny))).clamp(-1, 1)
+    pdf = lambda x: torch.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)  # noqa: E731
+    mean_q = (m + std * (pdf(lo) - pdf(hi)) / (cdf_hi - cdf_lo).clamp_min(tiny)).clamp(-1, 1)
+    return sign * samples, sign * mean_q
+
+
 def boltzmann_score(
     q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     obs: torch.Tensor,
@@ -362,30 +378,45 @@ def boltzmann_score(
     num_mc_samples: int,
     inv_temp: Union[float, torch.Tensor],
     q_norm: str = "block",
-    clip_proposals: bool = False,
+    estimator: str = "box",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """iDEM Monte-Carlo score of the noised Boltzmann policy p_t(a_t | s), p_0 ∝ exp(inv_temp Q~) (spec §3):
+    """Monte-Carlo score of the noised Boltzmann policy p_t(a_t | s), p_0 ∝ exp(inv_temp Q~) (iDEM's estimator, with
+    iDEM's proposals a_0^(k) = a_t / mu_t + (sigma_t / mu_t) xi_k). q_fn(obs [N, S], actions [N, A]) -> [N].
 
-        s(a_t, t) = grad_{a_t} log sum_k exp(inv_temp Q~(s, a_t / mu_t + (sigma_t / mu_t) xi_k)),  xi_k ~ N(0, I),
+    box (default): p_0 lives on the action box [-1, 1]^A, the policy's support, and the score comes from Tweedie's
+    formula s = (mu_t E[a_0 | a_t] - a_t) / sigma_t^2. The posterior mean is a self-normalised importance-sampling
+    estimate over the proposals truncated to the box, with their exact mean m as control variate:
+    E[a_0 | a_t] ≈ m + sum_k (softmax_k(inv_temp Q~_k) - 1/K) a_0^(k). The critic is never queried outside the box,
+    so beta_max can be large (p_1 = N(0, I), the policy's prior) although sigma_t / mu_t reaches 150 there.
+    idem: the reparameterised gradient grad_{a_t} log sum_k exp(inv_temp Q~(s, a_0^(k))) over untruncated proposals,
+    which at large t queries the critic far outside the box.
 
-    i.e. (inv_temp / mu_t) sum_k softmax_k grad_a Q~ at the proposals. q_fn(obs [N, S], actions [N, A]) -> [N].
-    Q~ = (Q - mean) / std over the K x B block; the statistics are constants (a data-dependent temperature), whereas the
-    secondary reimplementation also differentiates through them. Returns the detached score and the block's Q std."""
+    Q~ = (Q - mean) / std over the K x B block with --q-norm block, the statistics held constant (a data-dependent
+    temperature). Returns the detached score and the block's Q std."""
     k, (batch, action_dim) = num_mc_samples, a_t.shape
-    xi = torch.randn(k, batch, action_dim, device=a_t.device, dtype=a_t.dtype)
     obs_k = obs.repeat(k, 1)
 
-    def log_partition(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        proposals = a / mu + (sigma / mu) * xi
-        if clip_proposals:
-            proposals = proposals.clamp(-1, 1)
+    def inv_temp_q(proposals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q = q_fn(obs_k, proposals.reshape(k * batch, action_dim)).view(k, batch)
         q_std = q.std().detach()
         if q_norm == "block":
             q = (q - q.mean().detach()) / (q_std + 1e-6)
-        return torch.logsumexp(inv_temp * q, dim=0).sum(), q_std  # each a_t enters only its own term of the sum
+        return inv_temp * q, q_std
 
-    with torch.no_grad():  # no graph to the critic's parameters; torch.func.grad still differentiates w.r.t. a
+    with torch.no_grad():
+        if estimator == "box":
+            proposals, mean_q = truncated_normal(a_t / mu, sigma / mu, k)
+            logits, q_std = inv_temp_q(proposals)
+            weights = torch.softmax(logits, dim=0) - 1 / k  # [K, B]
+            posterior_mean = mean_q + (weights[..., None] * proposals).sum(0)
+            return (mu * posterior_mean - a_t) / sigma**2, q_std
+        xi = torch.randn(k, batch, action_dim, device=a_t.device, dtype=a_t.dtype)
+
+        def log_partition(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits, q_std = inv_temp_q(a / mu + (sigma / mu) * xi)
+            return torch.logsumexp(logits, dim=0).sum(), q_std  # each a_t enters only its own term of the sum
+
+        # no graph to the critic's parameters; torch.func.grad still differentiates w.r.t. a
         return torch.func.grad(log_partition, has_aux=True)(a_t)
 
 
@@ -477,7 +508,7 @@ def actor_loss(
         return q.min(0).values if args.score_q == "min" else q.mean(0)
 
     score, q_std = boltzmann_score(
-        q_fn, obs, a_t, mu, sigma, args.num_mc_samples, inv_temp, args.q_norm, args.clip_proposals
+        q_fn, obs, a_t, mu, sigma, args.num_mc_samples, inv_temp, args.q_norm, args.score_estimator
     )
     v = pf_ode_velocity(a_t, score, beta, args.score_scale, args.score_norm)
     loss, mse = meanflow_loss(actor, obs, a_t, r, t, v, args.adaptive_p, args.adaptive_c)

@@ -141,12 +141,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def decimals(value: float) -> int:
+    """1 decimal for values of 10 and more (returns of hundreds, success in %), 3 below (a bandit's returns near 1)."""
+    return 1 if math.isnan(value) or abs(value) >= 10 else 3
+
+
 def fmt(mean: float, std: float, metric: str) -> str:
     """Success rates in percent, returns as they are; '—' when nothing finished."""
     if math.isnan(mean):
         return "—"
     scale = 100 if metric == "success_rate" else 1
-    return f"{mean * scale:.1f}" + ("" if math.isnan(std) else f" ± {std * scale:.1f}")
+    d = decimals(mean * scale)
+    return f"{mean * scale:.{d}f}" + ("" if math.isnan(std) else f" ± {std * scale:.{d}f}")
 
 
 def iqm(values: np.ndarray) -> float:
@@ -188,7 +194,8 @@ def fmt_vs_bc(s: dict[str, object], prefix: str) -> str:
     mean, std, better, pairs, p = (s[f"{prefix}_vs_bc_{k}"] for k in ("mean", "std", "better", "pairs", "p"))
     if not pairs:
         return "—"
-    return f"{mean:+.1f}" + ("" if math.isnan(std) else f" ± {std:.1f}") + f" ({better}/{pairs}, p {p:.2f})"
+    d = decimals(max(abs(mean), 0 if math.isnan(std) else std))
+    return f"{mean:+.{d}f}" + ("" if math.isnan(std) else f" ± {std:.{d}f}") + f" ({better}/{pairs}, p {p:.2f})"
 
 
 def summarise(runs: list[Run], bc_runs: list[Run], out: Path) -> dict[str, object]:
@@ -228,7 +235,8 @@ def fmt_iqm(s: dict[str, object]) -> str:
         return "—"
     scale = 100 if s["metric"] == "success_rate" else 1
     values = (s["final_iqm"], s["final_iqm_ci_low"], s["final_iqm_ci_high"])
-    return "{:.1f} [{:.1f}, {:.1f}]".format(*(v * scale for v in values))
+    d = decimals(values[0] * scale)
+    return "{0:.{3}f} [{1:.{3}f}, {2:.{3}f}]".format(*(v * scale for v in values), d)
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:

@@ -75,7 +75,7 @@ class TwoHillBandit(gym.Env):
 
 def make_env() -> gym.Env:
     if ENV_ID not in gym.registry:
-        gym.register(ENV_ID, entry_point="bandit:TwoHillBandit", max_episode_steps=1)
+        gym.register(ENV_ID, entry_point="bandit:TwoHillBandit")  # it terminates after one step: no time limit
     return gym.make(ENV_ID)
 
 

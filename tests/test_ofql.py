@@ -195,9 +195,9 @@ def test_per_family_defaults():
     assert ofql.resolve_dataset_id("walker2d-medium") == "mujoco/walker2d/medium-v0"
 
 
-def test_ema_targets_policy_waits_for_ema_start_critic_does_not():
-    args = ofql.resolve_args(ofql.Args(hidden_dim=8, time_emb_dim=8, offline_steps=100, ema_start=10), "x/y-v0")
-    agent = ofql.Agent(3, 2, args, torch.device("cpu"))
+def tiny_agent(**overrides) -> tuple["ofql.Agent", dict[str, torch.Tensor]]:
+    args = ofql.Args(hidden_dim=8, time_emb_dim=8, offline_steps=100, ema_start=10, **overrides)
+    agent = ofql.Agent(3, 2, ofql.resolve_args(args, "x/y-v0"), torch.device("cpu"))
     batch = {
         "observations": torch.randn(16, 3),
         "actions": torch.rand(16, 2) * 2 - 1,
@@ -205,18 +205,49 @@ def test_ema_targets_policy_waits_for_ema_start_critic_does_not():
         "masks": torch.ones(16, 1),
         "next_observations": torch.randn(16, 3),
     }
+    return agent, batch
+
+
+def test_dql_targets_critic_polyak_every_step_policy_ema_every_k_from_ema_start():
+    """DQL's agents/ql_diffusion.py: phi' <- tau phi + (1 - tau) phi' every step; theta' <- EMA every 5 from 1000."""
+    agent, batch = tiny_agent()
     policy0 = [p.clone() for p in agent.policy_target.parameters()]
-    critic0 = [p.clone() for p in agent.critic_target.parameters()]
-    for _ in range(5):
+    critic_prev = [p.clone() for p in agent.critic_target.parameters()]
+    for _ in range(9):
         agent.update(batch)
+        for p_tgt, p_prev, p in zip(agent.critic_target.parameters(), critic_prev, agent.critic.parameters()):
+            torch.testing.assert_close(p_tgt, 0.995 * p_prev + 0.005 * p)
+        critic_prev = [p.clone() for p in agent.critic_target.parameters()]
     assert all(torch.equal(p, p0) for p, p0 in zip(agent.policy_target.parameters(), policy0))
-    assert not all(torch.equal(p, p0) for p, p0 in zip(agent.critic_target.parameters(), critic0))
-    for _ in range(5):  # step 10 >= ema_start: theta' <- 0.995 theta' + 0.005 theta
-        agent.update(batch)
+    agent.update(batch)  # step 10 >= ema_start and 10 % 5 == 0: theta' <- 0.995 theta' + 0.005 theta
     for p_tgt, p0, p in zip(agent.policy_target.parameters(), policy0, agent.policy.parameters()):
         torch.testing.assert_close(p_tgt, 0.995 * p0 + 0.005 * p)
     lr = agent.policy_sched.get_last_lr()[0]
     assert math.isclose(lr, 3e-4 * 0.5 * (1 + math.cos(math.pi * 10 / 100)), rel_tol=1e-9)  # cosine to 0
+    agent, batch = tiny_agent(critic_tau=None)  # Alg. 1's single schedule: the critics move every K steps only
+    critic0 = [p.clone() for p in agent.critic_target.parameters()]
+    for _ in range(4):
+        agent.update(batch)
+    assert all(torch.equal(p, p0) for p, p0 in zip(agent.critic_target.parameters(), critic0))
+    agent.update(batch)
+    for p_tgt, p0, p in zip(agent.critic_target.parameters(), critic0, agent.critic.parameters()):
+        torch.testing.assert_close(p_tgt, 0.995 * p0 + 0.005 * p)
+
+
+def test_q_term_is_normalised_by_mean_abs_q_on_dataset_actions():
+    """alpha = eta / E|Q(s, a)| over the batch's dataset actions (Sec. 3.2), not over the policy's (DQL's code)."""
+    agent, batch = tiny_agent()
+    torch.manual_seed(0)
+    _, metrics = ofql.actor_loss(agent.policy, agent.critic, batch, agent.args)
+    torch.manual_seed(0)
+    t, r = ofql.sample_times(16, agent.args.flow_ratio, device="cpu")
+    torch.randn_like(batch["actions"])  # the FBC noise
+    a_pi = ofql.one_step_action(agent.policy, batch["observations"], torch.randn_like(batch["actions"])).clamp(-1, 1)
+    q_pi, q_data = agent.critic(batch["observations"], a_pi), agent.critic(batch["observations"], batch["actions"])
+    swap = bool(torch.rand(()) < 0.5)
+    expected = -q_pi[int(swap)].mean() / q_data[1 - int(swap)].abs().mean()
+    torch.testing.assert_close(metrics[1], expected.detach())
+    assert not torch.isclose(expected, -q_pi[int(swap)].mean() / q_pi[1 - int(swap)].abs().mean())
 
 
 def test_one_step_samples_cover_all_modes_of_a_multimodal_dataset():

@@ -40,24 +40,64 @@ def test_vp_schedule_endpoints():
     assert mu[0] == 1 and sigma[0] == 0 and abs(mu[2].item() - np.exp(-0.5 * (0.1 + 9.95))) < 1e-12  # ≈ 0.0066
 
 
-def test_score_estimator_matches_the_closed_form_gaussian_score():
+def test_score_estimators_match_the_closed_form_gaussian_score():
     torch.manual_seed(0)
     batch, obs = 64, torch.zeros(64, 1, dtype=torch.float64)
-    # the proposal std sigma_t / mu_t is 0.17, 0.52, 1.2 at these t (and 150 at t=1): the variance of the estimate grows
-    # fast with t (at t = 0.6 even K = 10^5 leaves ~25% error), the noise that spec §2 warns about
+    # idem: the proposal std sigma_t / mu_t is 0.17, 0.52, 1.2 at these t (and 150 at t=1): the variance of the
+    # estimate grows fast with t (at t = 0.6 even K = 10^5 leaves ~25% error)
     for t in (0.05, 0.15, 0.3):
         _, mu, sigma, s = gaussian_marginal(torch.full((batch, 1), t, dtype=torch.float64))
         a_t = mu * C + s * torch.randn(batch, 2, dtype=torch.float64)
-        score, _ = som.boltzmann_score(quadratic_q, obs, a_t, mu, sigma, 20_000, 1 / TEMP, q_norm="none")
+        score, _ = som.boltzmann_score(quadratic_q, obs, a_t, mu, sigma, 20_000, 1 / TEMP, "none", "idem")
         exact = -(a_t - mu * C) / s**2
         rel_err = ((score - exact).norm() / exact.norm()).item()
         assert rel_err < 0.05, f"t={t}: relative error {rel_err:.3f} of the K=20000 estimate"
+    # box: with a target well inside the box (std 0.14) the truncation is immaterial, and the Tweedie estimate holds
+    # up to t = 1 (where the proposals are uniform on the box); checked on the velocity, which cancels at large t
+    temp = 0.02
+    for t in (0.05, 0.3, 0.6, 0.9, 1.0):
+        beta, mu, sigma = som.vp_schedule(torch.full((batch, 1), t, dtype=torch.float64), 0.1, 20.0)
+        s = torch.sqrt(mu**2 * temp + sigma**2)
+        a_t = mu * C + s * torch.randn(batch, 2, dtype=torch.float64)
+        score, _ = som.boltzmann_score(quadratic_q, obs, a_t, mu, sigma, 20_000, 1 / temp, "none", "box")
+        v, exact = (som.pf_ode_velocity(a_t, x, beta, 1.0, "none") for x in (score, -(a_t - mu * C) / s**2))
+        rel_err = ((v - exact).norm() / exact.norm()).item()
+        assert rel_err < 0.05, f"t={t}: relative error {rel_err:.3f} of the velocity from the K=20000 box estimate"
     # block standardisation with constant statistics is a temperature: 1/T -> 1/(T std(Q block))
-    torch.manual_seed(1)
-    block, q_std = som.boltzmann_score(quadratic_q, obs, a_t, mu, sigma, 100, 1 / TEMP, q_norm="block")
-    torch.manual_seed(1)
-    plain, _ = som.boltzmann_score(quadratic_q, obs, a_t, mu, sigma, 100, 1 / (TEMP * (q_std + 1e-6)), q_norm="none")
-    torch.testing.assert_close(block, plain)
+    for estimator in ("box", "idem"):
+        torch.manual_seed(1)
+        block, q_std = som.boltzmann_score(quadratic_q, obs, a_t, mu, sigma, 100, 1 / TEMP, "block", estimator)
+        torch.manual_seed(1)
+        plain, _ = som.boltzmann_score(
+            quadratic_q, obs, a_t, mu, sigma, 100, 1 / (TEMP * (q_std + 1e-6)), "none", estimator
+        )
+        torch.testing.assert_close(block, plain)
+
+
+def test_truncated_normal_stays_in_the_box_with_the_right_mean():
+    torch.manual_seed(0)
+    mean = torch.tensor([[0.0, 0.9, -3.0, 150.0, 1.0 + 50 * 0.01]], dtype=torch.float64)
+    std = torch.tensor([[0.5, 0.02, 1.0, 150.0, 0.01]], dtype=torch.float64)  # 0.9: the edge 5 std away
+    samples, mean_q = som.truncated_normal(mean, std, 200_000)
+    assert samples.abs().max() <= 1 and torch.isfinite(mean_q).all()
+    torch.testing.assert_close(samples.mean(0), mean_q, atol=5e-3, rtol=0)
+    torch.testing.assert_close(mean_q[0, :2], torch.tensor([0.0, 0.9], dtype=torch.float64), atol=1e-6, rtol=0)
+    assert 0.99 < mean_q[0, 4] <= 1  # 50 std beyond the edge: the edge
+    assert abs(mean_q[0, 3].item()) < 0.01  # std 150: uniform on the box, mean ~0 (slightly toward +1)
+
+
+def test_shipped_schedule_ends_at_the_prior_the_policy_acts_from():
+    """The one-step policy acts from e ~ N(0, I), so the forward process must end there: with the exact flow of a
+    Gaussian target, the one-step map of N(0, I) at the default schedule must reproduce the target (it was pulled
+    20% toward the centre of the box at beta_max = 5)."""
+    args = som.Args()
+    temp = TEMP
+    _, mu_1, sigma_1 = som.vp_schedule(torch.ones(1, dtype=torch.float64), args.beta_min, args.beta_max)
+    s_1 = torch.sqrt(mu_1**2 * temp + sigma_1**2)
+    e = torch.randn(100_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = C + (temp**0.5 / s_1) * (e - mu_1 * C)  # Phi_{1->0}(e), the exact one-step map
+    torch.testing.assert_close(a.mean(0), C, atol=0.01, rtol=0)
+    torch.testing.assert_close(a.var(0), torch.full((2,), temp, dtype=torch.float64), atol=0, rtol=0.02)
 
 
 def integrate_pf_ode(score_norm: str, score_scale: float, n: int = 20_000, steps: int = 1000) -> torch.Tensor:
