@@ -13,12 +13,14 @@
 # What is NOT the paper's: every equation constant and loop detail below -- the VP-SDE schedule, K, the Q
 # standardisation, the score normalisation and scale w, the (t, r) sampler, the adaptive weight [secondary]; which a_0
 # get noised, squashing, N, exploration, temperature, the critic loop [reconstructed]. Each is a flag whose default is
-# the spec's, except five, and NONE of these defaults is confirmed by the paper.
-# The five: the spec's target (unit-normalised score x 25, Q standardised over the K x B block, 1/alpha = 1,
-# beta_max = 20) does not learn InvertedPendulum-v5. The unit score drops the temperature (its flow sends every sample
-# to the mode; tests/test_som.py), and at beta_max = 20 the proposals reach 150x the action box, where the critic is
-# extrapolating. The defaults are the plain PF-ODE of exp(10 Q) with beta_max = 5:
-# --score-norm none --score-scale 1 --q-norm none --alpha-inv 10 --beta-max 5 (the spec's: unit 25 block 1 20).
+# the secondary's, except four and the score estimator, and NONE of these defaults is confirmed by the paper.
+# The four: the secondary's target (unit-normalised score x 25, Q standardised over the K x B block, 1/alpha = 1)
+# does not learn InvertedPendulum-v5. The unit score drops the temperature (its flow sends every sample to the mode;
+# tests/test_som.py). The defaults are the plain PF-ODE of exp(10 Q):
+# --score-norm none --score-scale 1 --q-norm none --alpha-inv 10 (the secondary's: unit 25 block 1).
+# The estimator: at beta_max = 20 (so that the forward process ends at the N(0, I) the policy acts from) iDEM's
+# proposals reach 150x the action box, where the critic only extrapolates; the default restricts the Boltzmann
+# target to the box and estimates the score by Tweedie's formula over proposals truncated to it (boltzmann_score).
 #
 # Time convention (MeanFlow / VP-SDE): t=0 is the action, t=1 is noise, r <= t. The actor predicts the average
 # velocity u(a_t, r, t, s) of the PF-ODE flow and acts in one step with a = squash(e - u(e, 0, 1, s)), e ~ N(0, I).
@@ -53,7 +55,8 @@ ALGO = "som"
 class Args:
     """SOM, online (arXiv 2605.23365). The paper gives the mechanism but no equations or constants: every algorithm
     default below is [secondary] (a third-party reimplementation) or [reconstructed] (DPMD/SDAC, iDEM, standard maths)
-    per spec som.md §9, and NOT confirmed by the paper; five score-target defaults differ from the spec (header)."""
+    and NOT confirmed by the paper; four score-target defaults and the score estimator differ from the secondary's
+    (header)."""
 
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """experiment name; part of the run name"""

@@ -1,6 +1,8 @@
 """Tests for scripts/bandit.py: the two-hill contextual bandit (env and Minari dataset) and how the offline scripts
 read it."""
 
+import re
+
 import minari
 import numpy as np
 import pytest
@@ -65,3 +67,15 @@ def test_without_the_env_module_on_the_path_the_error_says_how(root) -> None:
         cwd=ROOT, env={"MINARI_DATASETS_PATH": root, "PYTHONPATH": ""},
     )  # fmt: skip
     assert proc.returncode == 1 and "PYTHONPATH=scripts" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_probe_prints_the_diagnostics(root, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MINARI_DATASETS_PATH", root)
+    probe = import_script("probe_ofql_bandit")
+    probe.main(["4", "--every", "2", "hidden_dim=8", "num_layers=1", "time_emb_dim=8", "batch_size=8", "eta=0.1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("eta 0.1;") and len(lines) == 3
+    for line in lines[1:]:
+        values = dict(re.findall(r"(\w+) (-?[\d.]+)", line))
+        assert 0 <= float(values["one_step"]) <= 1 and 0 <= float(values["near"]) <= 1
+        assert re.search(r"argmax_q \(-?[\d.]+, -?[\d.]+\)", line)
