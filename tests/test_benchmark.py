@@ -20,6 +20,7 @@ OFFLINE_TASKS = [
     "pointmaze-umaze",
     "pointmaze-umaze-mixed",
     "invertedpendulum-mixed",
+    "bandit-two-hills",
 ]
 ONLINE_TASKS = ["InvertedPendulum-v5", "HalfCheetah-v4"]
 PAIRS = [(task, algo) for task in OFFLINE_TASKS for algo in ALGOS] + [(task, "som") for task in ONLINE_TASKS]
@@ -60,7 +61,7 @@ def test_failed_job_is_reported(sweeps) -> None:
     assert first.returncode == 1, first.stdout + first.stderr  # a failed job fails the sweep, after the reports
     log = sweeps["out"] / "runs" / BAD_JOB / "train.log"
     assert f"FAILED  {BAD_JOB}: exit 2, log {log}" in first.stdout  # by the job, then in the summary
-    assert "[learn] 21 ok, 1 failed, 0 missing of 22 jobs" in first.stdout
+    assert "[learn] 25 ok, 1 failed, 0 missing of 26 jobs" in first.stdout
     assert "no-such-flag" in after["log"]  # the script's own error is in the log
     (bad,) = [r for r in after["runs"] if r["status"] != "ok"]
     assert (bad["algo"], bad["task"], bad["exit_code"], bad["status"]) == ("mvp", OFFLINE_TASKS[1], "2", "failed")
@@ -80,7 +81,7 @@ def test_second_sweep_reruns_the_failed_job_and_skips_the_rest(sweeps) -> None:
         (eval_file,) = run_dir.glob("runs/*/eval.jsonl")
         rerun = eval_file.stat().st_mtime > sweeps["after_first"]["done"]
         assert rerun == (run_dir.name == BAD_JOB)  # the finished jobs were not redone
-    assert "[learn] 22 ok, 0 failed, 0 missing of 22 jobs" in second.stdout
+    assert "[learn] 26 ok, 0 failed, 0 missing of 26 jobs" in second.stdout
 
 
 def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
@@ -89,7 +90,8 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
     assert [(r["task"], r["algo"]) for r in rows] == PAIRS
     for r in rows:
         online = r["algo"] == "som"
-        assert r["metric"] == ("episodic_return" if online or "pendulum" in r["task"] else "success_rate")
+        returns = online or "pendulum" in r["task"] or "bandit" in r["task"]
+        assert r["metric"] == ("episodic_return" if returns else "success_rate")
         assert (r["seeds_ok"], r["seeds"], r["final_step"]) == ("1", "1", "200" if online else "20")
         assert r["final_mean"] != "" and r["final_std"] == "" and r["notes"] == ""  # one seed: no std
         assert r["final_return_mean"] != ""
@@ -113,6 +115,10 @@ def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
     pendulum_job = (out / "runs" / "bc__invertedpendulum-mixed__s1" / "job.sh").read_text()
     assert f"export MINARI_DATASETS_PATH={out}/data/minari-pendulum-random0.5-2\n" in pendulum_job
     assert "--env-id mujoco/invertedpendulum/medium-v0 --seed 1" in pendulum_job
+    # the bandit: the project's env module on the import path, MVP without chunks (one-step episodes)
+    bandit_job = (out / "runs" / "mvp__bandit-two-hills__s1" / "job.sh").read_text()
+    assert f"export MINARI_DATASETS_PATH={out}/data/minari-bandit-200; export PYTHONPATH={ROOT}/scripts" in bandit_job
+    assert "--env-id meanflow-rl/bandit/two-hills-v0 --seed 1" in bandit_job and "--horizon 1" in bandit_job
     plots = sorted(p.name for p in out.glob("learn_*.png"))
     if HAS_MATPLOTLIB:
         assert plots == sorted(f"learn_{task}.png" for task in OFFLINE_TASKS + ONLINE_TASKS)
