@@ -75,7 +75,7 @@ def test_failed_job_is_reported(sweeps) -> None:
 def test_second_sweep_reruns_the_failed_job_and_skips_the_rest(sweeps) -> None:
     out, second = sweeps["out"], sweeps["second"]
     assert second.returncode == 0, second.stdout + second.stderr
-    assert ": 1 to run, 21 finished before (skipped)" in second.stdout
+    assert ": 1 to run, 25 finished before (skipped)" in second.stdout
     assert [line.split()[2] for line in second.stdout.splitlines() if line.startswith("[learn] done")] == [BAD_JOB]
     for run_dir in (out / "runs").iterdir():
         (eval_file,) = run_dir.glob("runs/*/eval.jsonl")
@@ -162,7 +162,7 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     proc = bench("learn", "--tiny", "--slurm", "--sbatch", "--partition=gpu --gres=gpu:1", out=out, path=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (tmp_path / "sbatch_calls").exists() and "not submitted" in proc.stdout
-    for sweep, n in [("datasets", 5), ("offline", 20), ("online", 2)]:
+    for sweep, n in [("datasets", 6), ("offline", 24), ("online", 2)]:
         script = (out / "slurm" / f"{sweep}.sbatch").read_text()
         assert f"#SBATCH --array=0-{n - 1}\n" in script and "#SBATCH --partition=gpu\n#SBATCH --gres=gpu:1\n" in script
         assert script.count("job.sh" if sweep != "datasets" else "make_") == n
@@ -178,11 +178,11 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = (tmp_path / "sbatch_calls").read_text().splitlines()
     assert calls == [
-        f"--parsable {out}/slurm/datasets.sbatch",  # the other four datasets are still missing
+        f"--parsable {out}/slurm/datasets.sbatch",  # the other five datasets are still missing
         f"--parsable --dependency=afterok:42 {out}/slurm/offline.sbatch",
         f"--parsable {out}/slurm/online.sbatch",
     ]
-    assert "#SBATCH --array=0-3\n" in (out / "slurm" / "datasets.sbatch").read_text()
+    assert "#SBATCH --array=0-4\n" in (out / "slurm" / "datasets.sbatch").read_text()
 
 
 def test_bad_options_are_refused(tmp_path) -> None:
