@@ -794,7 +794,7 @@ def actor_loss(
         a_pi = a_pi.clamp(-1, 1)
     frozen = {k: p.detach() for k, p in critic.named_parameters()}  # no critic gradients from the actor loss
     q = torch.func.functional_call(critic, frozen, (obs, a_pi))
-    q_norm = q if args.q_normalizer == "policy" else critic(obs, actions).detach()
+    q_norm = q if args.q_normalizer == "policy" else torch.func.functional_call(critic, frozen, (obs, actions))
     swap = torch.rand((), device=device) < 0.5
     q1, q2 = torch.where(swap, q[1], q[0]), torch.where(swap, q_norm[0], q_norm[1])
     q_loss = -q1.mean() / q2.abs().mean().detach()
