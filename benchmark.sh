@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks of the algos/ scripts: `bash benchmark.sh speed` and `bash benchmark.sh learn`; see usage() below.
+# Benchmarks of the algos/ scripts: `bash benchmark.sh speed`, `gpu` and `learn`; see usage() below.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -8,12 +8,18 @@ PY=$("${PYTHON:-python}" -c 'import sys; print(sys.executable)')  # every job's 
 usage() {
   cat <<'EOF'
 usage: bash benchmark.sh speed [SECONDS] [--out DIR]
+       bash benchmark.sh gpu [--seconds S] [--out DIR]
        bash benchmark.sh learn [options]
 
 speed  Training updates/s at batch 256 with the default networks (eager and --compile) and ms per evaluation action
        (best-of-N for one observation), timed for SECONDS (20) each, on CPU and, when present, CUDA. Prints the rows
        and writes DIR/speed.csv (default results/) with the machine: CPU model, cores, torch version, GPU and
        torch's CPU threads (set OMP_NUM_THREADS to choose them).
+
+gpu    The check to run whenever a CUDA GPU is at hand (about 8 minutes; scripts/gpu_check.py): each script trained
+       for a few hundred steps on CUDA with --save-model and resumed, eager and --compile speed, evaluation speed
+       (sequential vs vectorised) and the aggregate updates/s of 1, 4 and 8 MeanFlowQL runs sharing the GPU; writes
+       DIR/{train,speed,eval,share}.csv (default results/gpu) and prints them. Fails at once without CUDA.
 
 learn  Learning evidence on data generated here:
          offline  meanflowql, ofql, mvp (--online-steps 0) and bc on cube-single-play-singletask-v0 and
@@ -440,6 +446,7 @@ EOF
 main() {
   case "${1:-}" in
     speed) shift; speed "$@" ;;
+    gpu) shift; exec "$PY" scripts/gpu_check.py "$@" ;;
     learn) shift; learn "$@" ;;
     help | -h | --help) usage ;;
     *) usage >&2; exit 2 ;;

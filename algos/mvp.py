@@ -26,9 +26,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
+
+# torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
+# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
 import numpy as np
@@ -61,10 +65,17 @@ class Args:
     resume: Optional[str] = None
     """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments (an
     online episode in progress at the checkpoint is cut there and a new one starts)"""
+    save_every_eval: bool = False
+    """with --save-model, also keep model_{step}.pt at every evaluation"""
+    eval_only: bool = False
+    """with --resume: evaluate the checkpoint's policy (--eval-episodes episodes, its own settings) without training;
+    the summary is printed and written next to it as {checkpoint}_eval.json"""
     output_dir: str = "runs"
     """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
     compile: bool = False
-    """torch.compile the loss computation of the update"""
+    """torch.compile the whole gradient step (on CUDA also captured in CUDA graphs) and the action selection"""
+    tf32: bool = True
+    """CUDA: TF32 matmuls (about 10 significant bits, much faster on Ampere and later GPUs); --no-tf32 for full FP32"""
 
     # --- data and schedule (spec §4-§5) ---
     env_id: str = "cube-double-play-singletask-task2-v0"
@@ -83,6 +94,9 @@ class Args:
     """evaluate every this many steps (gradient steps offline, environment steps online) and at the end"""
     eval_episodes: int = 50
     """episodes per evaluation; 0 skips evaluation (checkpoints are still written)"""
+    eval_workers: int = 0
+    """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
+    processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
     log_interval: int = 5000
     """write train.jsonl and print progress every this many steps"""
     reward_bias: Optional[float] = None
@@ -200,7 +214,7 @@ class DatasetError(Exception):
 class Task:
     dataset_id: str
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
-    data: dict[str, np.ndarray]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
+    data: Optional[dict[str, np.ndarray]]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
     val_data: Optional[dict[str, np.ndarray]]  # OGBench's validation split (Minari has none)
     make_env: Callable[[], gym.Env]  # the evaluation (and online) environment
     flatten_obs: Callable[[object], np.ndarray]  # env observation -> the layout of data["observations"]
@@ -232,12 +246,13 @@ def dataset_family(dataset_id: str) -> str:
     return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
 
 
-def load_dataset(dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_scale: float, reward_bias: float) -> Task:
+def load_dataset(
+    dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_scale: float, reward_bias: float, data: bool = True
+) -> Task:
     """The dataset as transitions, checked against its env (shapes, finite values, action bounds) before any compute;
-    actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale."""
-    task = (
-        load_ogbench(dataset_id, dataset_dir) if is_ogbench_name(dataset_id) else load_minari(dataset_id, antmaze_goal)
-    )
+    actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale. data=False: the env only (--eval-only)."""
+    ogbench = is_ogbench_name(dataset_id)
+    task = load_ogbench(dataset_id, dataset_dir, data) if ogbench else load_minari(dataset_id, antmaze_goal, data)
     task.reward_scale, task.reward_bias = reward_scale, reward_bias
     try:
         env = task.make_env()
@@ -362,7 +377,7 @@ class FixedGoalAntMaze(gym.Wrapper):
         return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
 
 
-def load_minari(dataset_id: str, antmaze_goal: str) -> Task:
+def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
     import gymnasium_robotics
     import minari
     from minari.storage import get_dataset_path
@@ -374,7 +389,7 @@ def load_minari(dataset_id: str, antmaze_goal: str) -> Task:
         download_minari(dataset_id, root)
     try:
         ds = minari.load_dataset(dataset_id)
-        episodes = list(ds.iterate_episodes())
+        episodes = list(ds.iterate_episodes()) if with_data else []
     except Exception as e:
         raise DatasetError(
             f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({type(e).__name__}: "
@@ -434,10 +449,10 @@ def load_minari(dataset_id: str, antmaze_goal: str) -> Task:
         env = ds.recover_environment(eval_env=True, **eval_kwargs)
         return FixedGoalAntMaze(env, goal) if relabel else env
 
-    return Task(dataset_id, family, data, None, make_env, flatten_obs, normalized_score)
+    return Task(dataset_id, family, data if with_data else None, None, make_env, flatten_obs, normalized_score)
 
 
-def load_ogbench(name: str, dataset_dir: str) -> Task:
+def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
     import ogbench
 
     try:  # the env alone needs no download, and tells whether the task exists
@@ -447,6 +462,11 @@ def load_ogbench(name: str, dataset_dir: str) -> Task:
             f"'{name}' is not an OGBench singletask task ({e}). Names are "
             "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
         ) from None
+    make_env = lambda: ogbench.make_env_and_datasets(name, env_only=True)  # noqa: E731
+    flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
+    if not with_data:
+        env.close()
+        return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
     dataset_dir = os.path.expanduser(dataset_dir)
     splits = name.split("-")
     base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
@@ -481,8 +501,7 @@ def load_ogbench(name: str, dataset_dir: str) -> Task:
         }
         for s in datasets
     )
-    make_env = lambda: ogbench.make_env_and_datasets(name, env_only=True)  # noqa: E731
-    return Task(name, "ogbench", train, val, make_env, lambda obs: np.asarray(obs, dtype=np.float32), None)
+    return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
 
 
 # --- end of the shared data layer ---
@@ -728,9 +747,11 @@ def compute_losses(
 
     # policy: mean-velocity regression on buffer chunks, L_MF + lambda L_IVC (Eq. 19); no Q term (spec §2-§3)
     t, r = sample_t_r(len(obs), args, obs.device)
-    mf = meanflow_loss(actor, obs, actions, torch.randn_like(actions), t, r, valid, args.adaptive_p, args.adaptive_c)
+    noise = torch.randn(actions.shape, device=obs.device)  # randn, not randn_like, which torch.compile's CSE merges
+    mf = meanflow_loss(actor, obs, actions, noise, t, r, valid, args.adaptive_p, args.adaptive_c)
     t_ivc = sample_time(len(obs), args, obs.device)  # an independent t for L_IVC (spec §3)
-    ivc = ivc_loss(actor, obs, actions, torch.randn_like(actions), t_ivc, valid, args.adaptive_p, args.adaptive_c)
+    noise = torch.randn(actions.shape, device=obs.device)  # and an independent noise
+    ivc = ivc_loss(actor, obs, actions, noise, t_ivc, valid, args.adaptive_p, args.adaptive_c)
 
     total = critic_loss + mf + args.ivc_coef * ivc
     q_d = q.detach()
@@ -750,12 +771,13 @@ class Agent:
         self.critic = CriticEnsemble(obs_dim, chunk_dim, args.critic_hidden_dim, args.critic_layers, args.num_critics)
         self.critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.opt = torch.optim.Adam([*self.actor.parameters(), *self.critic.parameters()], lr=args.lr)
-        self.loss_fn = torch.compile(compute_losses) if args.compile else compute_losses
+        self.opt = adam([*self.actor.parameters(), *self.critic.parameters()], args.lr, args, device)
+        self.update = compile_update(self.gradient_step, args, device)
 
-    def update(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One gradient step on all losses, then the Polyak update; returns the METRICS tensor (no host sync)."""
-        total, metrics = self.loss_fn(self.actor, self.critic, self.critic_target, batch, self.args)
+    def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One gradient step on all losses, then the Polyak update (what --compile compiles); returns the METRICS
+        tensor (no host sync)."""
+        total, metrics = compute_losses(self.actor, self.critic, self.critic_target, batch, self.args)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
@@ -776,34 +798,6 @@ class Agent:
 
 
 # ======================================================================================================================
-# Evaluation
-# ======================================================================================================================
-def evaluate(act_chunk: Callable[[object], np.ndarray], env: gym.Env, num_episodes: int, seed: int) -> dict:
-    """Full episodes with deterministic env seeds (seed + 10_000 + i); each chunk [h, action_dim] is executed open-loop.
-    Returns raw returns, lengths and, when the env reports info['success'], whether success was reached at any step
-    (D4RL's terminate-at-goal semantics, data §5)."""
-    returns, lengths, successes = [], [], []
-    for i in range(num_episodes):
-        obs, _ = env.reset(seed=seed + 10_000 + i)
-        done, ret, length, success, queue = False, 0.0, 0, None, []
-        while not done:
-            if not queue:
-                queue = list(act_chunk(obs))
-            obs, reward, terminated, truncated, info = env.step(queue.pop(0))
-            ret, length, done = ret + float(reward), length + 1, terminated or truncated
-            if "success" in info:
-                success = max(success or 0.0, float(info["success"]))
-        returns.append(ret)
-        lengths.append(length)
-        if success is not None:
-            successes.append(success)
-    out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
-    if successes:
-        out["success_rate"] = np.array(successes)
-    return out
-
-
-# ======================================================================================================================
 # Training loop (spec §4)
 # ======================================================================================================================
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
@@ -811,11 +805,13 @@ class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
 
 
-NONNEGATIVE = {"seed", "online_steps", "online_start_steps", "eval_episodes", "learning_starts", "ema_start"}
+NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
 FIXED_ON_RESUME = (
     "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
+    " compile"
 )
-"""flags (or parts of their names) that a resumed run cannot change: the task, and the shapes of the networks"""
+"""flags (or parts of their names) that a resumed run cannot change: the task, the shapes of the networks, and
+--compile (whose optimisers keep their learning rates in tensors)"""
 
 
 def flag(name: str) -> str:
@@ -840,6 +836,10 @@ def check_args(args: object) -> None:
                 errors.append(f"{flag(f.name)} must be in (0, 1] (got {v})")
             elif isinstance(v, float) and (f.name.endswith("_ratio") or f.name == "ema_rho") and not 0 <= v <= 1:
                 errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
+    if args.eval_only and not args.resume:
+        errors.append("--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt")
+    if args.save_every_eval and not args.save_model:
+        errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
     name = args.exp_name
     if not name or name in (".", "..") or "/" in name or os.sep in name:
         errors.append(f"--exp-name must be one path component, without '/' (got {name!r})")
@@ -884,8 +884,9 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     apply with a notice; the task and the network shapes cannot change."""
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    given -= {"resume"}
+    given -= {"resume", "eval_only"}
     merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
+    merged["eval_only"] = args.eval_only
     for name in sorted(given & set(saved)):
         new, old = getattr(args, name), saved[name]
         if new == old:
@@ -1010,6 +1011,92 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
+def make_eval_envs(make_env: Callable[[], gym.Env], num_episodes: int, workers: int) -> gym.vector.VectorEnv:
+    """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
+    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`."""
+    if workers == 0:
+        return gym.vector.SyncVectorEnv([make_env] * max(1, num_episodes))
+    return gym.vector.AsyncVectorEnv([make_env] * max(1, min(workers, num_episodes)), context="fork")
+
+
+def evaluate(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
+    step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
+    open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
+    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
+    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
+        return run_episodes(act, envs, num_episodes, seed)
+
+
+def run_episodes(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+    n, shape = envs.num_envs, envs.single_action_space.shape
+    returns, lengths, successes = [], [], []
+    for start in range(0, num_episodes, n):
+        obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+        active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
+        count = int(active.sum())
+        ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+        while active.any():
+            for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                obs, reward, terminated, truncated, info = envs.step(action)
+                ret += np.where(active, reward, 0.0)
+                length += active
+                if "success" in info:
+                    got = active & info["_success"]
+                    success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
+                active &= ~(terminated | truncated)
+                if not active.any():
+                    break
+        returns += ret[:count].tolist()
+        lengths += length[:count].tolist()
+        successes += [s for s in success[:count] if not np.isnan(s)]
+    out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
+    if successes:
+        out["success_rate"] = np.array(successes)
+    return out
+
+
+def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
+    """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
+    path = os.path.splitext(checkpoint)[0] + "_eval.json"
+    with open(path, "w") as f:
+        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
+                   "seed": args.seed}, f, indent=2)  # fmt: skip
+    print(f"wrote {path}")
+
+
+def training_device(args: object) -> torch.device:
+    """CUDA when present (and --cuda), else the CPU; on CUDA, TF32 matmuls and convolutions with --tf32."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    return device
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
+    """Adam; with --compile its learning rate is a (float64) tensor, so that the compiled step does not recompile each
+    time a schedule moves it. The compiled step divides by the learning rate (a zero gradient at lr 0 gives NaN), so
+    no schedule here is at 0 while it trains."""
+    return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
+
+
+def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
+    """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
+    torch.compile; on CUDA with mode reduce-overhead, which replays it as CUDA graphs, one launch instead of hundreds.
+    The step returns its metrics tensor, copied: a CUDA graph overwrites its outputs on the next replay."""
+    if not args.compile:
+        return train_step
+    compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
+
+    def step(*inputs: object) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*inputs).clone()
+
+    return step
+
+
 # --- end of the shared run plumbing ---
 
 
@@ -1034,7 +1121,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         args = resume_args(args, ckpt["args"], given)
     dataset_id = resolve_dataset_id(args.env_id)
     total_steps = args.offline_steps + args.online_steps
-    if ckpt is not None and ckpt["step"] >= total_steps:
+    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
         print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
         return
     if ckpt is None:
@@ -1043,40 +1130,67 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = training_device(args)
 
     default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # AntMaze rewards r - 1, as in FQL
     reward_bias = default_bias if args.reward_bias is None else args.reward_bias
-    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias)
-    data = task.data
-    lengths = np.diff(np.flatnonzero(data["dones"]) + 1, prepend=0)  # episode lengths
-    if (lengths < args.horizon).all():
-        raise DatasetError(
-            f"every episode of '{dataset_id}' is shorter than --horizon {args.horizon} (the longest has "
-            f"{lengths.max()} steps), so no action chunk fits in one; use --horizon {lengths.max()} or less"
-        )
-    if (lengths < args.horizon).any():
-        print(
-            f"notice: {(lengths < args.horizon).sum()} of {len(lengths)} episodes are shorter than --horizon "
-            f"{args.horizon}; their chunks cross an episode end and are left out of the critic loss"
-        )
-    # observation normalisation with fixed dataset statistics (data §5 / style §5; QC feeds raw observations)
-    obs_mean = data["observations"].mean(0)
-    obs_std = data["observations"].std(0)
-    obs_std[obs_std < 1e-6] = 1.0
-    obs_stats = {"mean": obs_mean, "std": obs_std}
-    for split in filter(None, (data, task.val_data)):
-        for k in ("observations", "next_observations"):
-            split[k] = (split[k] - obs_mean) / obs_std
-    obs_dim, action_dim = data["observations"].shape[1], data["actions"].shape[1]
-    buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
-    val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
+    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
+        obs_stats = ckpt["obs_stats"]
+        obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
+    else:
+        data = task.data
+        lengths = np.diff(np.flatnonzero(data["dones"]) + 1, prepend=0)  # episode lengths
+        if (lengths < args.horizon).all():
+            raise DatasetError(
+                f"every episode of '{dataset_id}' is shorter than --horizon {args.horizon} (the longest has "
+                f"{lengths.max()} steps), so no action chunk fits in one; use --horizon {lengths.max()} or less"
+            )
+        if (lengths < args.horizon).any():
+            print(
+                f"notice: {(lengths < args.horizon).sum()} of {len(lengths)} episodes are shorter than --horizon "
+                f"{args.horizon}; their chunks cross an episode end and are left out of the critic loss"
+            )
+        # observation normalisation with fixed dataset statistics (data §5 / style §5; QC feeds raw observations)
+        obs_mean = data["observations"].mean(0)
+        obs_std = data["observations"].std(0)
+        obs_std[obs_std < 1e-6] = 1.0
+        obs_stats = {"mean": obs_mean, "std": obs_std}
+        for split in filter(None, (data, task.val_data)):
+            for k in ("observations", "next_observations"):
+                split[k] = (split[k] - obs_mean) / obs_std
+        buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
+        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    obs_dim, action_dim = len(obs_mean), len(task.action_low)
     agent = Agent(obs_dim, action_dim, args, device)
     step = 0
-
     if ckpt is not None:
         step = ckpt["step"]
         agent.load_state_dict(ckpt["agent"])
+
+    def normalize(raw_obs: object) -> np.ndarray:
+        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
+
+    def act_chunk(raw_obs: object) -> np.ndarray:  # [n, h, action_dim] in [-1, 1]
+        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
+        return agent.act(obs_t).view(-1, args.horizon, action_dim).cpu().numpy()
+
+    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers)
+
+    def evaluation(step: int) -> dict:
+        """One evaluation: its eval.jsonl row (normalized_score where the dataset has reference scores)."""
+        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+        result = evaluate(lambda o: task.env_action(act_chunk(o)), eval_envs, args.eval_episodes, args.seed)
+        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
+        if task.normalized_score is not None:
+            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
+        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+        return row
+
+    if args.eval_only:
+        write_eval_summary(args.resume, evaluation(step), args)
+        return eval_envs.close()
+    if ckpt is not None:
         buffer.restore_online_part(ckpt["online_buffer"])
         if buffer.size > buffer.offline_size:  # the online episode in progress is cut here: no chunk may cross it
             buffer.data["dones"][buffer.size - 1] = 1.0
@@ -1109,14 +1223,6 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     )
     print("| " + " | ".join(f"{k}={v}" for k, v in asdict(args).items()) + " |")
 
-    def normalize(raw_obs: object) -> np.ndarray:
-        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
-
-    def act_chunk(raw_obs: object) -> np.ndarray:  # [h, action_dim] in [-1, 1]
-        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).unsqueeze(0)
-        return agent.act(obs_t).view(args.horizon, action_dim).cpu().numpy()
-
-    eval_env = task.make_env()
     env = task.make_env() if args.online_steps > 0 else None
     progress = Progress()
     metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
@@ -1128,7 +1234,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         online = step >= args.offline_steps
         if online:  # one env step from the open-loop chunk queue (spec §4)
             if not queue:
-                queue = list(act_chunk(obs))
+                queue = list(act_chunk(obs)[0])
             action = queue.pop(0)
             next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
             buffer.add(
@@ -1193,23 +1299,20 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
-                print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-                result = evaluate(lambda o: task.env_action(act_chunk(o)), eval_env, args.eval_episodes, args.seed)
-                row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-                if task.normalized_score is not None:
-                    row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
+                row = evaluation(step)
                 append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
                 if wandb:
                     wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=step)
                 last_eval = {k: v for k, v in row.items() if k != "step"}
-                print(" | ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if args.save_model:
                 save_checkpoint(os.path.join(run_dir, "model.pt"), step, agent, buffer, obs_stats, args)
+                if args.save_every_eval:
+                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
             progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
         save_checkpoint(os.path.join(run_dir, "model.pt"), step, agent, buffer, obs_stats, args)
-    eval_env.close()
+    eval_envs.close()
     if env is not None:
         env.close()
     if wandb:

@@ -22,9 +22,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
+
+# torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
+# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
 import numpy as np
@@ -56,10 +60,17 @@ class Args:
     """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
     resume: Optional[str] = None
     """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments"""
+    save_every_eval: bool = False
+    """with --save-model, also keep model_{step}.pt at every evaluation"""
+    eval_only: bool = False
+    """with --resume: evaluate the checkpoint's policy (--eval-episodes episodes, its own settings) without training;
+    the summary is printed and written next to it as {checkpoint}_eval.json"""
     output_dir: str = "runs"
     """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
     compile: bool = False
-    """torch.compile the critic and actor loss computations"""
+    """torch.compile the whole gradient step (on CUDA also captured in CUDA graphs) and the action selection"""
+    tf32: bool = True
+    """CUDA: TF32 matmuls (about 10 significant bits, much faster on Ampere and later GPUs); --no-tf32 for full FP32"""
 
     # --- data and schedule ---
     env_id: str = "antmaze-large-play"
@@ -76,6 +87,9 @@ class Args:
     """evaluate every this many gradient steps (and at the end; the paper reports the final evaluation)"""
     eval_episodes: int = 150
     """episodes per evaluation (paper: 150 per seed, CleanDiffuser's 50 envs x 3, spec §5); 0 skips evaluation"""
+    eval_workers: int = 0
+    """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
+    processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
     log_interval: int = 5000
     """write train.jsonl and print progress every this many gradient steps"""
     reward_scale: Optional[float] = None
@@ -248,7 +262,7 @@ class DatasetError(Exception):
 class Task:
     dataset_id: str
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
-    data: dict[str, np.ndarray]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
+    data: Optional[dict[str, np.ndarray]]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
     val_data: Optional[dict[str, np.ndarray]]  # OGBench's validation split (Minari has none)
     make_env: Callable[[], gym.Env]  # the evaluation (and online) environment
     flatten_obs: Callable[[object], np.ndarray]  # env observation -> the layout of data["observations"]
@@ -280,12 +294,13 @@ def dataset_family(dataset_id: str) -> str:
     return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
 
 
-def load_dataset(dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_scale: float, reward_bias: float) -> Task:
+def load_dataset(
+    dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_scale: float, reward_bias: float, data: bool = True
+) -> Task:
     """The dataset as transitions, checked against its env (shapes, finite values, action bounds) before any compute;
-    actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale."""
-    task = (
-        load_ogbench(dataset_id, dataset_dir) if is_ogbench_name(dataset_id) else load_minari(dataset_id, antmaze_goal)
-    )
+    actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale. data=False: the env only (--eval-only)."""
+    ogbench = is_ogbench_name(dataset_id)
+    task = load_ogbench(dataset_id, dataset_dir, data) if ogbench else load_minari(dataset_id, antmaze_goal, data)
     task.reward_scale, task.reward_bias = reward_scale, reward_bias
     try:
         env = task.make_env()
@@ -410,7 +425,7 @@ class FixedGoalAntMaze(gym.Wrapper):
         return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
 
 
-def load_minari(dataset_id: str, antmaze_goal: str) -> Task:
+def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
     import gymnasium_robotics
     import minari
     from minari.storage import get_dataset_path
@@ -422,7 +437,7 @@ def load_minari(dataset_id: str, antmaze_goal: str) -> Task:
         download_minari(dataset_id, root)
     try:
         ds = minari.load_dataset(dataset_id)
-        episodes = list(ds.iterate_episodes())
+        episodes = list(ds.iterate_episodes()) if with_data else []
     except Exception as e:
         raise DatasetError(
             f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({type(e).__name__}: "
@@ -482,10 +497,10 @@ def load_minari(dataset_id: str, antmaze_goal: str) -> Task:
         env = ds.recover_environment(eval_env=True, **eval_kwargs)
         return FixedGoalAntMaze(env, goal) if relabel else env
 
-    return Task(dataset_id, family, data, None, make_env, flatten_obs, normalized_score)
+    return Task(dataset_id, family, data if with_data else None, None, make_env, flatten_obs, normalized_score)
 
 
-def load_ogbench(name: str, dataset_dir: str) -> Task:
+def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
     import ogbench
 
     try:  # the env alone needs no download, and tells whether the task exists
@@ -495,6 +510,11 @@ def load_ogbench(name: str, dataset_dir: str) -> Task:
             f"'{name}' is not an OGBench singletask task ({e}). Names are "
             "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
         ) from None
+    make_env = lambda: ogbench.make_env_and_datasets(name, env_only=True)  # noqa: E731
+    flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
+    if not with_data:
+        env.close()
+        return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
     dataset_dir = os.path.expanduser(dataset_dir)
     splits = name.split("-")
     base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
@@ -529,8 +549,7 @@ def load_ogbench(name: str, dataset_dir: str) -> Task:
         }
         for s in datasets
     )
-    make_env = lambda: ogbench.make_env_and_datasets(name, env_only=True)  # noqa: E731
-    return Task(name, "ogbench", train, val, make_env, lambda obs: np.asarray(obs, dtype=np.float32), None)
+    return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
 
 
 # --- end of the shared data layer ---
@@ -787,9 +806,10 @@ def actor_loss(
     obs, actions = batch["observations"], batch["actions"]
     batch_size, device = actions.shape[0], actions.device
     t, r = sample_times(batch_size, args.flow_ratio, args.time_sampler, args.time_mu, args.time_sigma, device)
-    fbc = fbc_loss(policy, obs, actions, torch.randn_like(actions), t, r, args.adaptive_p)
+    noise = torch.randn(actions.shape, device=device)  # randn, not randn_like, which torch.compile's CSE merges
+    fbc = fbc_loss(policy, obs, actions, noise, t, r, args.adaptive_p)
 
-    a_pi = one_step_action(policy, obs, torch.randn_like(actions))
+    a_pi = one_step_action(policy, obs, torch.randn(actions.shape, device=device))
     if args.clip_in_actor_loss:
         a_pi = a_pi.clamp(-1, 1)
     frozen = {k: p.detach() for k, p in critic.named_parameters()}  # no critic gradients from the actor loss
@@ -819,13 +839,12 @@ class Agent:
         self.critic = TwinCritic(obs_dim, action_dim, args.hidden_dim, args.num_layers).to(device)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.policy_opt = torch.optim.Adam(self.policy.parameters(), lr=args.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr)
+        self.policy_opt = adam(self.policy.parameters(), args.actor_lr, args, device)
+        self.critic_opt = adam(self.critic.parameters(), args.critic_lr, args, device)
         self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, self.lr_factor)
         self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, self.lr_factor)
         self.step = 0
-        self.critic_loss_fn = torch.compile(critic_loss) if args.compile else critic_loss
-        self.actor_loss_fn = torch.compile(actor_loss) if args.compile else actor_loss
+        self.train_step = compile_update(self.gradient_step, args, device)
 
     def lr_factor(self, step: int) -> float:
         """Cosine annealing to 0 over the whole run (DQL --lr_decay, CleanDiffuser's CosineAnnealingLR)."""
@@ -839,34 +858,45 @@ class Agent:
         steps the EMA. Returns the METRICS tensor (no host sync)."""
         a = self.args
         self.step += 1
-        loss, critic_metrics = self.critic_loss_fn(self.policy_target, self.critic, self.critic_target, batch, a)
+        metrics = self.train_step(batch)
+        self.policy_sched.step()
+        self.critic_sched.step()
+        # target networks (Alg. 1 step 5, with DQL's rates): phi' <- (1 - tau) phi' + tau phi every step (in the
+        # gradient step), and every K steps theta' <- rho theta' + (1 - rho) theta from step ema_start (phi' likewise
+        # with --critic-tau None)
+        if self.step % a.ema_every == 0:
+            with torch.no_grad():
+                if a.critic_tau is None:
+                    torch._foreach_lerp_(
+                        list(self.critic_target.parameters()), list(self.critic.parameters()), 1 - a.ema_rho
+                    )
+                if self.step >= a.ema_start:
+                    policy_params = list(self.policy.parameters())
+                    torch._foreach_lerp_(list(self.policy_target.parameters()), policy_params, 1 - a.ema_rho)
+        return metrics
+
+    def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The critic step, then the actor step against the updated critic, each with its clipping, and the per-step
+        Polyak update of phi' (what --compile compiles)."""
+        a = self.args
+        loss, critic_metrics = critic_loss(self.policy_target, self.critic, self.critic_target, batch, a)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.critic.parameters(), a.grad_clip, foreach=True)
         self.critic_opt.step()
 
-        loss, actor_metrics = self.actor_loss_fn(self.policy, self.critic, batch, a)
+        loss, actor_metrics = actor_loss(self.policy, self.critic, batch, a)
         self.policy_opt.zero_grad(set_to_none=True)
         loss.backward()
         if a.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip, foreach=True)
         self.policy_opt.step()
-        self.policy_sched.step()
-        self.critic_sched.step()
-
-        # target networks (Alg. 1 step 5, with DQL's rates): phi' <- (1 - tau) phi' + tau phi every step, and every K
-        # steps theta' <- rho theta' + (1 - rho) theta from step ema_start (phi' likewise with --critic-tau None)
-        with torch.no_grad():
-            critic_params, critic_target_params = list(self.critic.parameters()), list(self.critic_target.parameters())
-            if a.critic_tau is not None:
-                torch._foreach_lerp_(critic_target_params, critic_params, a.critic_tau)
-            if self.step % a.ema_every == 0:
-                if a.critic_tau is None:
-                    torch._foreach_lerp_(critic_target_params, critic_params, 1 - a.ema_rho)
-                if self.step >= a.ema_start:
-                    policy_params = list(self.policy.parameters())
-                    torch._foreach_lerp_(list(self.policy_target.parameters()), policy_params, 1 - a.ema_rho)
+        if a.critic_tau is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(
+                    list(self.critic_target.parameters()), list(self.critic.parameters()), a.critic_tau
+                )
         return torch.cat([critic_metrics, actor_metrics])
 
     STATE = (
@@ -891,31 +921,6 @@ class Agent:
 
 
 # ======================================================================================================================
-# Evaluation
-# ======================================================================================================================
-def evaluate(policy: Callable[[object], np.ndarray], env: gym.Env, num_episodes: int, seed: int) -> dict:
-    """Full episodes with deterministic env seeds (seed + 10_000 + i). Returns raw returns, lengths and, when the env
-    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics, data §5)."""
-    returns, lengths, successes = [], [], []
-    for i in range(num_episodes):
-        obs, _ = env.reset(seed=seed + 10_000 + i)
-        done, ret, length, success = False, 0.0, 0, None
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(policy(obs))
-            ret, length, done = ret + float(reward), length + 1, terminated or truncated
-            if "success" in info:
-                success = max(success or 0.0, float(info["success"]))
-        returns.append(ret)
-        lengths.append(length)
-        if success is not None:
-            successes.append(success)
-    out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
-    if successes:
-        out["success_rate"] = np.array(successes)
-    return out
-
-
-# ======================================================================================================================
 # Training loop
 # ======================================================================================================================
 def resolve_args(args: Args, dataset_id: str) -> Args:
@@ -932,11 +937,13 @@ class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
 
 
-NONNEGATIVE = {"seed", "online_steps", "online_start_steps", "eval_episodes", "learning_starts", "ema_start"}
+NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
 FIXED_ON_RESUME = (
     "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
+    " compile"
 )
-"""flags (or parts of their names) that a resumed run cannot change: the task, and the shapes of the networks"""
+"""flags (or parts of their names) that a resumed run cannot change: the task, the shapes of the networks, and
+--compile (whose optimisers keep their learning rates in tensors)"""
 
 
 def flag(name: str) -> str:
@@ -961,6 +968,10 @@ def check_args(args: object) -> None:
                 errors.append(f"{flag(f.name)} must be in (0, 1] (got {v})")
             elif isinstance(v, float) and (f.name.endswith("_ratio") or f.name == "ema_rho") and not 0 <= v <= 1:
                 errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
+    if args.eval_only and not args.resume:
+        errors.append("--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt")
+    if args.save_every_eval and not args.save_model:
+        errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
     name = args.exp_name
     if not name or name in (".", "..") or "/" in name or os.sep in name:
         errors.append(f"--exp-name must be one path component, without '/' (got {name!r})")
@@ -1005,8 +1016,9 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     apply with a notice; the task and the network shapes cannot change."""
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    given -= {"resume"}
+    given -= {"resume", "eval_only"}
     merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
+    merged["eval_only"] = args.eval_only
     for name in sorted(given & set(saved)):
         new, old = getattr(args, name), saved[name]
         if new == old:
@@ -1131,6 +1143,92 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
+def make_eval_envs(make_env: Callable[[], gym.Env], num_episodes: int, workers: int) -> gym.vector.VectorEnv:
+    """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
+    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`."""
+    if workers == 0:
+        return gym.vector.SyncVectorEnv([make_env] * max(1, num_episodes))
+    return gym.vector.AsyncVectorEnv([make_env] * max(1, min(workers, num_episodes)), context="fork")
+
+
+def evaluate(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
+    step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
+    open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
+    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
+    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
+        return run_episodes(act, envs, num_episodes, seed)
+
+
+def run_episodes(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+    n, shape = envs.num_envs, envs.single_action_space.shape
+    returns, lengths, successes = [], [], []
+    for start in range(0, num_episodes, n):
+        obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+        active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
+        count = int(active.sum())
+        ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+        while active.any():
+            for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                obs, reward, terminated, truncated, info = envs.step(action)
+                ret += np.where(active, reward, 0.0)
+                length += active
+                if "success" in info:
+                    got = active & info["_success"]
+                    success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
+                active &= ~(terminated | truncated)
+                if not active.any():
+                    break
+        returns += ret[:count].tolist()
+        lengths += length[:count].tolist()
+        successes += [s for s in success[:count] if not np.isnan(s)]
+    out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
+    if successes:
+        out["success_rate"] = np.array(successes)
+    return out
+
+
+def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
+    """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
+    path = os.path.splitext(checkpoint)[0] + "_eval.json"
+    with open(path, "w") as f:
+        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
+                   "seed": args.seed}, f, indent=2)  # fmt: skip
+    print(f"wrote {path}")
+
+
+def training_device(args: object) -> torch.device:
+    """CUDA when present (and --cuda), else the CPU; on CUDA, TF32 matmuls and convolutions with --tf32."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    return device
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
+    """Adam; with --compile its learning rate is a (float64) tensor, so that the compiled step does not recompile each
+    time a schedule moves it. The compiled step divides by the learning rate (a zero gradient at lr 0 gives NaN), so
+    no schedule here is at 0 while it trains."""
+    return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
+
+
+def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
+    """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
+    torch.compile; on CUDA with mode reduce-overhead, which replays it as CUDA graphs, one launch instead of hundreds.
+    The step returns its metrics tensor, copied: a CUDA graph overwrites its outputs on the next replay."""
+    if not args.compile:
+        return train_step
+    compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
+
+    def step(*inputs: object) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*inputs).clone()
+
+    return step
+
+
 # --- end of the shared run plumbing ---
 
 
@@ -1156,7 +1254,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     dataset_id = resolve_dataset_id(args.env_id)
     args = resolve_args(args, dataset_id)
     total_steps = args.offline_steps + args.online_steps
-    if ckpt is not None and ckpt["step"] >= total_steps:
+    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
         print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
         return
     if ckpt is None:
@@ -1165,27 +1263,65 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = training_device(args)
 
     scale, bias = default_reward_transform(dataset_family(dataset_id))
     scale = scale if args.reward_scale is None else args.reward_scale
     bias = bias if args.reward_bias is None else args.reward_bias
-    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, scale, bias)
-    data = task.data
-    obs_mean = data["observations"].mean(0) if args.normalize_obs else np.zeros_like(data["observations"][0])
-    obs_std = data["observations"].std(0) if args.normalize_obs else np.ones_like(data["observations"][0])
-    obs_std[obs_std < 1e-6] = 1.0
-    obs_stats = {"mean": obs_mean, "std": obs_std}
-    for split in filter(None, (data, task.val_data)):
-        for k in ("observations", "next_observations"):
-            split[k] = (split[k] - obs_mean) / obs_std
-    obs_dim, action_dim = data["observations"].shape[1], data["actions"].shape[1]
-    buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
-    val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, scale, bias, not args.eval_only)
+    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
+        obs_stats = ckpt["obs_stats"]
+        obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
+    else:
+        data = task.data
+        obs_mean = data["observations"].mean(0) if args.normalize_obs else np.zeros_like(data["observations"][0])
+        obs_std = data["observations"].std(0) if args.normalize_obs else np.ones_like(data["observations"][0])
+        obs_std[obs_std < 1e-6] = 1.0
+        obs_stats = {"mean": obs_mean, "std": obs_std}
+        for split in filter(None, (data, task.val_data)):
+            for k in ("observations", "next_observations"):
+                split[k] = (split[k] - obs_mean) / obs_std
+        buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
+        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    obs_dim, action_dim = len(obs_mean), len(task.action_low)
     agent = Agent(obs_dim, action_dim, args, device)
-
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
+
+    def normalize(raw_obs: object) -> np.ndarray:
+        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
+
+    acting_policy = agent.policy_target if args.eval_ema else agent.policy
+
+    def policy(raw_obs: object) -> np.ndarray:  # [n, action_dim] in [-1, 1], evaluation and online acting (spec §5, §6)
+        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
+        action = sample_action(
+            acting_policy,
+            agent.critic_target,
+            obs_t,
+            action_dim,
+            args.eval_candidates,
+            args.eval_temperature,
+            args.eval_noise_scale,
+        )
+        return action.cpu().numpy()
+
+    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers)
+
+    def evaluation(step: int) -> dict:
+        """One evaluation: its eval.jsonl row (normalized_score where the dataset has reference scores)."""
+        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+        result = evaluate(lambda o: task.env_action(policy(o)), eval_envs, args.eval_episodes, args.seed)
+        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
+        if task.normalized_score is not None:
+            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
+        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+        return row
+
+    if args.eval_only:
+        write_eval_summary(args.resume, evaluation(agent.step), args)
+        return eval_envs.close()
+    if ckpt is not None:
         buffer.restore_online_part(ckpt["online_buffer"])
         run_dir = os.path.dirname(os.path.abspath(args.resume))
         for f in ("train.jsonl", "eval.jsonl"):
@@ -1215,25 +1351,6 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     )
     print("| " + " | ".join(f"{k}={v}" for k, v in asdict(args).items()) + " |")
 
-    def normalize(raw_obs: object) -> np.ndarray:
-        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
-
-    acting_policy = agent.policy_target if args.eval_ema else agent.policy
-
-    def policy(raw_obs: object) -> np.ndarray:  # evaluation and online acting in [-1, 1] (spec §5, §6)
-        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).unsqueeze(0)
-        action = sample_action(
-            acting_policy,
-            agent.critic_target,
-            obs_t,
-            action_dim,
-            args.eval_candidates,
-            args.eval_temperature,
-            args.eval_noise_scale,
-        )
-        return action[0].cpu().numpy()
-
-    eval_env = task.make_env()
     env = task.make_env() if args.online_steps > 0 else None
     # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
     obs = env.reset(seed=args.seed + max(agent.step, args.offline_steps))[0] if env is not None else None
@@ -1246,7 +1363,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     while agent.step < total_steps and not progress.stop:
         online = agent.step >= args.offline_steps
         if online:  # one env step, then one update on the shared buffer (UTD 1, spec §6)
-            action = policy(obs)
+            action = policy(obs)[0]
             next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
             buffer.add(
                 observations=normalize(obs),
@@ -1279,8 +1396,8 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
                 "step": step,
                 "phase": "online" if online else "offline",
                 **dict(zip(METRICS, values)),
-                "actor_lr": agent.policy_sched.get_last_lr()[0],
-                "critic_lr": agent.critic_sched.get_last_lr()[0],
+                "actor_lr": float(agent.policy_sched.get_last_lr()[0]),
+                "critic_lr": float(agent.critic_sched.get_last_lr()[0]),
                 "sps": sps,
             }
             if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
@@ -1314,23 +1431,20 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
-                print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-                result = evaluate(lambda o: task.env_action(policy(o)), eval_env, args.eval_episodes, args.seed)
-                row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-                if task.normalized_score is not None:
-                    row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
+                row = evaluation(step)
                 append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
                 if wandb:
                     wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=step)
                 last_eval = {k: v for k, v in row.items() if k != "step"}
-                print(" | ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if args.save_model:
                 save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, obs_stats, args)
+                if args.save_every_eval:
+                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
             progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
         save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, obs_stats, args)
-    eval_env.close()
+    eval_envs.close()
     if env is not None:
         env.close()
     if wandb:

@@ -35,9 +35,13 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional, Union
+
+# torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
+# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
 import mujoco
@@ -76,10 +80,17 @@ class Args:
     """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
     resume: Optional[str] = None
     """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments"""
+    save_every_eval: bool = False
+    """with --save-model, also keep model_{step}.pt at every evaluation"""
+    eval_only: bool = False
+    """with --resume: evaluate the checkpoint's policy (--eval-episodes episodes, its own settings) without training;
+    the summary is printed and written next to it as {checkpoint}_eval.json"""
     output_dir: str = "runs"
     """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
     compile: bool = False
-    """torch.compile the critic and actor loss computations"""
+    """torch.compile the whole gradient step (on CUDA also captured in CUDA graphs) and the action selection"""
+    tf32: bool = True
+    """CUDA: TF32 matmuls (about 10 significant bits, much faster on Ampere and later GPUs); --no-tf32 for full FP32"""
 
     # --- environment and schedule ---
     env_id: str = "HalfCheetah-v4"
@@ -95,6 +106,9 @@ class Args:
     """evaluate every this many env steps (and at the end)"""
     eval_episodes: int = 20
     """episodes per evaluation"""
+    eval_workers: int = 0
+    """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
+    processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
     log_interval: int = 5000
     """write train.jsonl and print progress every this many env steps"""
     save_dataset: Optional[str] = None
@@ -498,13 +512,16 @@ def actor_loss(
         a0 = actions
     else:
         with torch.no_grad():
-            a0 = one_step_action(actor, obs, torch.randn_like(actions), args.squash)
+            noise = torch.randn(
+                actions.shape, device=obs.device
+            )  # randn, not randn_like, which torch.compile's CSE merges
+            a0 = one_step_action(actor, obs, noise, args.squash)
     # (t, r) sampler: t ~ U[1e-3, 1 - 1e-3], r ~ U[0, t], r = t for eq_ratio of the batch [secondary]
     t = torch.rand(batch_size, 1, device=obs.device) * (1 - 2e-3) + 1e-3
     r = torch.rand(batch_size, 1, device=obs.device) * t
     r = torch.where(torch.rand(batch_size, 1, device=obs.device) < args.eq_ratio, t, r)
     beta, mu, sigma = vp_schedule(t, args.beta_min, args.beta_max)
-    a_t = mu * a0 + sigma * torch.randn_like(a0)
+    a_t = mu * a0 + sigma * torch.randn(a0.shape, device=obs.device)
 
     def q_fn(o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         q = critic(o, a)
@@ -528,8 +545,8 @@ class Agent:
         self.critic_target = TwinCritic(obs_dim, action_dim, args.critic_hidden_dims).to(device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr)
+        self.actor_opt = adam(self.actor.parameters(), args.actor_lr, args, device)
+        self.critic_opt = adam(self.critic.parameters(), args.critic_lr, args, device)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, self.actor_lr_factor)
         # alpha_e: exploration scale (and, with --temperature-mode dpmd, temperature) tuned as in DPMD (spec §5)
         self.log_alpha_e = torch.tensor(math.log(args.alpha_e_init), device=device, requires_grad=True)
@@ -537,8 +554,8 @@ class Agent:
         self.tune_alpha_e = args.explore == "dpmd" or args.temperature_mode == "dpmd"
         self.actor_metrics = torch.zeros(4, device=device)  # those of the latest actor step
         self.step = 0
-        self.critic_loss_fn = torch.compile(critic_loss) if args.compile else critic_loss
-        self.actor_loss_fn = torch.compile(actor_loss) if args.compile else actor_loss
+        self.critic_step = compile_update(self.critic_gradient_step, args, device)
+        self.actor_step = compile_update(self.actor_gradient_step, args, device)
 
     def actor_lr_factor(self, actor_step: int) -> float:
         """1 until actor_lr_decay[0] actor updates, then linear to actor_lr_end / actor_lr at actor_lr_decay[1]."""
@@ -566,21 +583,31 @@ class Agent:
         """One critic step, every policy_delay steps an actor step and the target update; returns METRICS (no sync)."""
         a = self.args
         self.step += 1
-        loss, critic_metrics = self.critic_loss_fn(self.actor, self.critic, self.critic_target, batch, a)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_opt.step()
+        critic_metrics = self.critic_step(batch)
         if self.step % a.policy_delay == 0:  # the score target uses the critic just updated (as DPMD's actor does)
-            loss, self.actor_metrics = self.actor_loss_fn(self.actor, self.critic, batch, self.inv_temp(), a)
-            self.actor_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.actor_opt.step()
+            self.actor_metrics = self.actor_step(batch, self.inv_temp())
             self.actor_sched.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), a.tau)
         if self.tune_alpha_e and self.step % a.alpha_e_interval == 0:
             self.update_alpha_e()
         return torch.cat([critic_metrics, self.actor_metrics, self.log_alpha_e.detach().exp().reshape(1)])
+
+    def critic_gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Critic loss, backward and Adam step (compiled with --compile); returns the critic's metrics."""
+        loss, metrics = critic_loss(self.actor, self.critic, self.critic_target, batch, self.args)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        return metrics
+
+    def actor_gradient_step(self, batch: dict[str, torch.Tensor], inv_temp: Union[float, torch.Tensor]) -> torch.Tensor:
+        """Actor loss, backward, Adam step and the Polyak target update (compiled with --compile); its metrics."""
+        loss, metrics = actor_loss(self.actor, self.critic, batch, inv_temp, self.args)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
+        return metrics
 
     def update_alpha_e(self) -> None:
         """DPMD: loss -log alpha_e (H_target - H_approx), H_approx = |A|/2 log(2 pi e (explore_noise alpha_e)^2) the
@@ -617,30 +644,8 @@ class Agent:
 
 
 # ======================================================================================================================
-# Evaluation and the Minari export
+# The Minari export
 # ======================================================================================================================
-def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: gym.Env, num_episodes: int, seed: int) -> dict:
-    """Full episodes with deterministic env seeds (seed + 10_000 + i); raw returns, lengths and, when the env reports
-    info['success'], whether success was reached at any step."""
-    returns, lengths, successes = [], [], []
-    for i in range(num_episodes):
-        obs, _ = env.reset(seed=seed + 10_000 + i)
-        done, ret, length, success = False, 0.0, 0, None
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(policy(obs))
-            ret, length, done = ret + float(reward), length + 1, terminated or truncated
-            if "success" in info:
-                success = max(success or 0.0, float(info["success"]))
-        returns.append(ret)
-        lengths.append(length)
-        if success is not None:
-            successes.append(success)
-    out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
-    if successes:
-        out["success_rate"] = np.array(successes)
-    return out
-
-
 def check_dataset_id(dataset_id: str) -> None:
     """Fail before training, not after it, when --save-dataset cannot be written."""
     from minari.dataset.minari_dataset import parse_dataset_id
@@ -715,11 +720,13 @@ class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
 
 
-NONNEGATIVE = {"seed", "online_steps", "online_start_steps", "eval_episodes", "learning_starts", "ema_start"}
+NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
 FIXED_ON_RESUME = (
     "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
+    " compile"
 )
-"""flags (or parts of their names) that a resumed run cannot change: the task, and the shapes of the networks"""
+"""flags (or parts of their names) that a resumed run cannot change: the task, the shapes of the networks, and
+--compile (whose optimisers keep their learning rates in tensors)"""
 
 
 def flag(name: str) -> str:
@@ -744,6 +751,10 @@ def check_args(args: object) -> None:
                 errors.append(f"{flag(f.name)} must be in (0, 1] (got {v})")
             elif isinstance(v, float) and (f.name.endswith("_ratio") or f.name == "ema_rho") and not 0 <= v <= 1:
                 errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
+    if args.eval_only and not args.resume:
+        errors.append("--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt")
+    if args.save_every_eval and not args.save_model:
+        errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
     name = args.exp_name
     if not name or name in (".", "..") or "/" in name or os.sep in name:
         errors.append(f"--exp-name must be one path component, without '/' (got {name!r})")
@@ -788,8 +799,9 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     apply with a notice; the task and the network shapes cannot change."""
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    given -= {"resume"}
+    given -= {"resume", "eval_only"}
     merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
+    merged["eval_only"] = args.eval_only
     for name in sorted(given & set(saved)):
         new, old = getattr(args, name), saved[name]
         if new == old:
@@ -914,6 +926,92 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
+def make_eval_envs(make_env: Callable[[], gym.Env], num_episodes: int, workers: int) -> gym.vector.VectorEnv:
+    """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
+    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`."""
+    if workers == 0:
+        return gym.vector.SyncVectorEnv([make_env] * max(1, num_episodes))
+    return gym.vector.AsyncVectorEnv([make_env] * max(1, min(workers, num_episodes)), context="fork")
+
+
+def evaluate(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
+    step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
+    open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
+    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
+    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is."""
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
+        return run_episodes(act, envs, num_episodes, seed)
+
+
+def run_episodes(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+    n, shape = envs.num_envs, envs.single_action_space.shape
+    returns, lengths, successes = [], [], []
+    for start in range(0, num_episodes, n):
+        obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+        active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
+        count = int(active.sum())
+        ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+        while active.any():
+            for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                obs, reward, terminated, truncated, info = envs.step(action)
+                ret += np.where(active, reward, 0.0)
+                length += active
+                if "success" in info:
+                    got = active & info["_success"]
+                    success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
+                active &= ~(terminated | truncated)
+                if not active.any():
+                    break
+        returns += ret[:count].tolist()
+        lengths += length[:count].tolist()
+        successes += [s for s in success[:count] if not np.isnan(s)]
+    out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
+    if successes:
+        out["success_rate"] = np.array(successes)
+    return out
+
+
+def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
+    """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
+    path = os.path.splitext(checkpoint)[0] + "_eval.json"
+    with open(path, "w") as f:
+        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
+                   "seed": args.seed}, f, indent=2)  # fmt: skip
+    print(f"wrote {path}")
+
+
+def training_device(args: object) -> torch.device:
+    """CUDA when present (and --cuda), else the CPU; on CUDA, TF32 matmuls and convolutions with --tf32."""
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    return device
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
+    """Adam; with --compile its learning rate is a (float64) tensor, so that the compiled step does not recompile each
+    time a schedule moves it. The compiled step divides by the learning rate (a zero gradient at lr 0 gives NaN), so
+    no schedule here is at 0 while it trains."""
+    return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
+
+
+def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
+    """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
+    torch.compile; on CUDA with mode reduce-overhead, which replays it as CUDA graphs, one launch instead of hundreds.
+    The step returns its metrics tensor, copied: a CUDA graph overwrites its outputs on the next replay."""
+    if not args.compile:
+        return train_step
+    compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
+
+    def step(*inputs: object) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*inputs).clone()
+
+    return step
+
+
 # --- end of the shared run plumbing ---
 
 
@@ -939,7 +1037,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
     if ckpt is not None:
         args = resume_args(args, ckpt["args"], given)
-        if ckpt["step"] >= args.total_timesteps:
+        if ckpt["step"] >= args.total_timesteps and not args.eval_only:
             print(f"{args.resume}: the run finished at step {ckpt['step']} of {args.total_timesteps}; nothing to do")
             return
     else:
@@ -950,15 +1048,35 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = training_device(args)
 
-    env, eval_env = make_env(args.env_id), make_env(args.env_id)
+    env = make_env(args.env_id)
+    eval_envs = make_eval_envs(lambda: make_env(args.env_id), args.eval_episodes, args.eval_workers)
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     agent = Agent(obs_dim, action_dim, args, device)
-    buffer = ReplayBuffer(args.total_timesteps, obs_dim, action_dim, device)
-
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
+
+    def obs_tensor(raw_obs: np.ndarray) -> torch.Tensor:  # one observation or a batch -> [n, obs_dim]
+        return torch.as_tensor(raw_obs, dtype=torch.float32, device=device).reshape(-1, obs_dim)
+
+    def eval_policy(raw_obs: np.ndarray) -> np.ndarray:  # [n, action_dim] in the env's units
+        return to_env_action(agent.act(obs_tensor(raw_obs), explore=False).cpu().numpy(), env.action_space)
+
+    def evaluation(step: int) -> dict:
+        """One evaluation: its eval.jsonl row."""
+        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+        result = evaluate(eval_policy, eval_envs, args.eval_episodes, args.seed)
+        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
+        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+        return row
+
+    if args.eval_only:
+        write_eval_summary(args.resume, evaluation(ckpt["step"]), args)
+        env.close()
+        return eval_envs.close()
+    buffer = ReplayBuffer(args.total_timesteps, obs_dim, action_dim, device)
+    if ckpt is not None:
         buffer.load_state_dict(ckpt["buffer"])
         restore_rng(ckpt["rng"], device)
         loop = ckpt["loop"]
@@ -997,12 +1115,6 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         "not confirmed by the paper"
     )
     print("| " + " | ".join(f"{k}={v}" for k, v in asdict(args).items()) + " |")
-
-    def obs_tensor(raw_obs: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(raw_obs, dtype=torch.float32, device=device).reshape(1, -1)
-
-    def eval_policy(raw_obs: np.ndarray) -> np.ndarray:
-        return to_env_action(agent.act(obs_tensor(raw_obs), explore=False)[0].cpu().numpy(), eval_env.action_space)
 
     obs, global_step = loop["obs"], loop["global_step"]
     episode_return, episode_length = loop["episode_return"], loop["episode_length"]
@@ -1055,7 +1167,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
                         "--critic-lr or --actor-lr, or --reward-scale."
                     )
                 row.update(zip(METRICS, values))
-                row["actor_lr"] = agent.actor_sched.get_last_lr()[0]
+                row["actor_lr"] = float(agent.actor_sched.get_last_lr()[0])
                 row["inv_temp"] = float(agent.inv_temp())
             if episodes:
                 row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
@@ -1077,16 +1189,15 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
         if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
             if args.eval_episodes > 0:
-                print(f"[eval {global_step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-                result = evaluate(eval_policy, eval_env, args.eval_episodes, args.seed)
-                row = {"step": global_step, **{k: float(v.mean()) for k, v in result.items()}}
+                row = evaluation(global_step)
                 append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
                 if wandb:
                     wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=global_step)
                 last_eval = {k: v for k, v in row.items() if k != "step"}
-                print(" | ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
             if args.save_model:
                 save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, env, loop_state(), args)
+                if args.save_every_eval:
+                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{global_step}.pt"))
             progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
@@ -1096,7 +1207,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         save_minari_dataset(args.save_dataset, data, env, args)
         print(f"wrote the replay buffer ({buffer.size} transitions) as Minari dataset {args.save_dataset}")
     env.close()
-    eval_env.close()
+    eval_envs.close()
     if wandb:
         wandb.finish()
     progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)

@@ -1,0 +1,95 @@
+"""The four scripts' vectorised evaluation (one shared block, tests/test_cli.py checks it is identical): the same
+returns, lengths and successes as one env stepped episode by episode, with the same seeds."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import import_algo
+
+mf = import_algo("meanflowql")
+
+
+class Walk(gym.Env):
+    """A deterministic 1-D walk from a seeded start: reward -|x|, success (reported every step) once |x| < 0.1,
+    terminated at |x| > 2, truncated after a seed-dependent number of steps, so that episodes end at different
+    steps, some by termination and some by truncation."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.t, self.limit = self.np_random.uniform(-1.5, 1.5), 0, int(self.np_random.integers(3, 12))
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action):
+        self.x, self.t = self.x + float(action[0]), self.t + 1
+        obs = np.array([self.x], np.float32)
+        return obs, -abs(self.x), abs(self.x) > 2, self.t >= self.limit, {"success": float(abs(self.x) < 0.1)}
+
+
+def policy(obs: np.ndarray) -> np.ndarray:
+    """Deterministic; it walks some starts to the origin and others off the edge."""
+    return np.clip(np.sin(3 * obs) * 0.7, -1, 1).astype(np.float32)
+
+
+def sequential(num_episodes: int, seed: int, horizon: int) -> dict:
+    """What the scripts did before: one env, episode after episode, a chunk of `horizon` actions executed open-loop."""
+    env, out = Walk(), {"episodic_return": [], "episodic_length": [], "success_rate": []}
+    for i in range(num_episodes):
+        obs, _ = env.reset(seed=seed + 10_000 + i)
+        done, ret, length, success, queue = False, 0.0, 0, 0.0, []
+        while not done:
+            if not queue:
+                queue = [policy(obs)] * horizon  # the chunk is planned from the observation it starts at
+            obs, reward, terminated, truncated, info = env.step(queue.pop(0))
+            ret, length, done = ret + reward, length + 1, terminated or truncated
+            success = max(success, info["success"])
+        for key, value in zip(out, (ret, length, success)):
+            out[key].append(value)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+@pytest.mark.parametrize("horizon", [1, 4])
+def test_vectorised_evaluation_matches_the_sequential_loop(workers, horizon):
+    expected = sequential(7, seed=5, horizon=horizon)
+    assert len(set(expected["episodic_length"])) > 2 and 0 < expected["success_rate"].mean() < 1  # a real mix
+    envs = mf.make_eval_envs(Walk, 7, workers)
+    assert envs.num_envs == (7 if workers == 0 else 3)  # workers 3: waves of 3, 3 and 1 episodes
+    chunk = lambda o: np.repeat(policy(o)[:, None], horizon, axis=1)  # noqa: E731  [n, h, action_dim]
+    result = mf.evaluate(chunk if horizon > 1 else policy, envs, 7, seed=5)
+    envs.close()
+    assert result.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_allclose(result[key], expected[key], rtol=1e-6, err_msg=key)
+
+
+def test_evaluation_calls_the_policy_once_per_step_for_all_episodes():
+    calls = []
+    envs = mf.make_eval_envs(Walk, 5, 0)
+    mf.evaluate(lambda o: calls.append(o.shape) or policy(o), envs, 5, seed=0)
+    envs.close()
+    assert set(calls) == {(5, 1)} and len(calls) == max(sequential(5, 0, 1)["episodic_length"])
+
+
+def test_eval_workers_must_be_nonnegative():
+    with pytest.raises(mf.UsageError, match="--eval-workers must be >= 0"):
+        mf.check_args(mf.Args(eval_workers=-1))
+
+
+def test_evaluation_noise_is_seeded_and_leaves_the_training_stream_alone():
+    """--eval-only must reproduce a run's evaluation of a checkpoint: the policy's noise depends on the seed only."""
+    noisy = lambda o: policy(o) + 0.3 * torch.randn(o.shape).numpy()  # noqa: E731
+    envs = mf.make_eval_envs(Walk, 4, 0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = mf.evaluate(noisy, envs, 4, seed=5)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(7)  # training moves on
+    second = mf.evaluate(noisy, envs, 4, seed=5)
+    other = mf.evaluate(noisy, envs, 4, seed=6)
+    envs.close()
+    np.testing.assert_array_equal(first["episodic_return"], second["episodic_return"])
+    assert not np.array_equal(first["episodic_return"], other["episodic_return"])
