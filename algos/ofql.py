@@ -90,6 +90,9 @@ class Args:
     eval_workers: int = 0
     """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
     processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
+    capture_video: bool = False
+    """record the first episode of each evaluation to {run_dir}/videos/eval_{step}.mp4 (and wandb with --track); needs
+    moviepy (requirements-video.txt) and offscreen rendering (headless MuJoCo: MUJOCO_GL=egl or osmesa)"""
     log_interval: int = 5000
     """write train.jsonl and print progress every this many gradient steps"""
     reward_scale: Optional[float] = None
@@ -264,7 +267,7 @@ class Task:
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
     data: Optional[dict[str, np.ndarray]]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
     val_data: Optional[dict[str, np.ndarray]]  # OGBench's validation split (Minari has none)
-    make_env: Callable[[], gym.Env]  # the evaluation (and online) environment
+    make_env: Callable[..., gym.Env]  # the evaluation (and online) environment; kwargs go to gym.make
     flatten_obs: Callable[[object], np.ndarray]  # env observation -> the layout of data["observations"]
     normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]  # raw returns -> score x100
     action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
@@ -493,8 +496,8 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
     else:
         normalized_score = None
 
-    def make_env() -> gym.Env:
-        env = ds.recover_environment(eval_env=True, **eval_kwargs)
+    def make_env(**kwargs) -> gym.Env:  # kwargs: gym.make's, e.g. render_mode
+        env = ds.recover_environment(eval_env=True, **eval_kwargs, **kwargs)
         return FixedGoalAntMaze(env, goal) if relabel else env
 
     return Task(dataset_id, family, data if with_data else None, None, make_env, flatten_obs, normalized_score)
@@ -510,7 +513,7 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
             f"'{name}' is not an OGBench singletask task ({e}). Names are "
             "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
         ) from None
-    make_env = lambda: ogbench.make_env_and_datasets(name, env_only=True)  # noqa: E731
+    make_env = lambda **kwargs: ogbench.make_env_and_datasets(name, env_only=True, **kwargs)  # noqa: E731
     flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
     if not with_data:
         env.close()
@@ -970,6 +973,8 @@ def check_args(args: object) -> None:
                 errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
     if args.eval_only and not args.resume:
         errors.append("--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt")
+    if args.capture_video and args.eval_workers > 0:
+        errors.append("--capture-video renders in this process: use it with --eval-workers 0")
     if args.save_every_eval and not args.save_model:
         errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
     name = args.exp_name
@@ -1143,36 +1148,49 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
-def make_eval_envs(make_env: Callable[[], gym.Env], num_episodes: int, workers: int) -> gym.vector.VectorEnv:
+def make_eval_envs(
+    make_env: Callable[..., gym.Env], num_episodes: int, workers: int, render: bool = False
+) -> gym.vector.VectorEnv:
     """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
-    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`."""
+    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`. render: the
+    first copy renders rgb_array frames (--capture-video)."""
     if workers == 0:
-        return gym.vector.SyncVectorEnv([make_env] * max(1, num_episodes))
+        first = (lambda: make_env(render_mode="rgb_array")) if render else make_env
+        return gym.vector.SyncVectorEnv([first] + [make_env] * max(0, num_episodes - 1))
     return gym.vector.AsyncVectorEnv([make_env] * max(1, min(workers, num_episodes)), context="fork")
 
 
-def evaluate(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+def evaluate(
+    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str = ""
+) -> dict:
     """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
     step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
     open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
     reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
-    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is."""
+    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is. video: a
+    path to write the first episode to as mp4 (the first env renders, see make_eval_envs)."""
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
-        return run_episodes(act, envs, num_episodes, seed)
+        return run_episodes(act, envs, num_episodes, seed, video)
 
 
-def run_episodes(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+def run_episodes(
+    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str
+) -> dict:
     n, shape = envs.num_envs, envs.single_action_space.shape
-    returns, lengths, successes = [], [], []
+    returns, lengths, successes, frames = [], [], [], []
     for start in range(0, num_episodes, n):
         obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
         active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
         count = int(active.sum())
         ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+        recording = bool(video) and start == 0
+        frames += [envs.envs[0].render()] if recording else []
         while active.any():
             for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
                 obs, reward, terminated, truncated, info = envs.step(action)
+                if recording and active[0]:
+                    frames.append(envs.envs[0].render())
                 ret += np.where(active, reward, 0.0)
                 length += active
                 if "success" in info:
@@ -1184,10 +1202,42 @@ def run_episodes(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv
         returns += ret[:count].tolist()
         lengths += length[:count].tolist()
         successes += [s for s in success[:count] if not np.isnan(s)]
+    if frames:
+        from moviepy import ImageSequenceClip
+
+        os.makedirs(os.path.dirname(video), exist_ok=True)
+        fps = envs.envs[0].metadata.get("render_fps", 30)
+        ImageSequenceClip(frames, fps=fps).write_videofile(video, logger=None)
     out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
     if successes:
         out["success_rate"] = np.array(successes)
     return out
+
+
+def video_file(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "videos", f"eval_{step}.mp4")
+
+
+def check_video(make_env: Callable[..., gym.Env]) -> None:
+    """--capture-video: fail before training where videos cannot be written or the env cannot render offscreen."""
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--capture-video writes mp4 files with moviepy: pip install -r requirements-video.txt"
+        ) from None
+    try:
+        env = make_env(render_mode="rgb_array")
+        env.reset(seed=0)
+        frame = env.render()
+        env.close()
+    except Exception as e:
+        raise UsageError(
+            f"--capture-video: the env cannot render here ({type(e).__name__}: {str(e)[:200]}). Without a display, "
+            "MuJoCo renders with MUJOCO_GL=egl (a GPU) or MUJOCO_GL=osmesa (the CPU; apt install libosmesa6)"
+        ) from None
+    if not isinstance(frame, np.ndarray):
+        raise UsageError(f"--capture-video: the env's render() gave {type(frame).__name__}, not an rgb_array frame")
 
 
 def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
@@ -1306,12 +1356,16 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         )
         return action.cpu().numpy()
 
-    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers)
+    if args.capture_video:
+        check_video(task.make_env)
+    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
 
-    def evaluation(step: int) -> dict:
-        """One evaluation: its eval.jsonl row (normalized_score where the dataset has reference scores)."""
+    def evaluation(step: int, run_dir: str) -> dict:
+        """One evaluation: its eval.jsonl row (normalized_score where the dataset has reference scores); with
+        --capture-video, its first episode in run_dir/videos/."""
         print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-        result = evaluate(lambda o: task.env_action(policy(o)), eval_envs, args.eval_episodes, args.seed)
+        video = video_file(run_dir, step) if args.capture_video else ""
+        result = evaluate(lambda o: task.env_action(policy(o)), eval_envs, args.eval_episodes, args.seed, video)
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
         if task.normalized_score is not None:
             row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
@@ -1319,7 +1373,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         return row
 
     if args.eval_only:
-        write_eval_summary(args.resume, evaluation(agent.step), args)
+        write_eval_summary(args.resume, evaluation(agent.step, os.path.dirname(os.path.abspath(args.resume))), args)
         return eval_envs.close()
     if ckpt is not None:
         buffer.restore_online_part(ckpt["online_buffer"])
@@ -1431,10 +1485,11 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
-                row = evaluation(step)
+                row = evaluation(step, run_dir)
                 append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
                 if wandb:
-                    wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=step)
+                    media = {"eval/video": wandb.Video(video_file(run_dir, step))} if args.capture_video else {}
+                    wandb.log({**{f"eval/{k}": v for k, v in row.items() if k != "step"}, **media}, step=step)
                 last_eval = {k: v for k, v in row.items() if k != "step"}
             if args.save_model:
                 save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, obs_stats, args)

@@ -109,6 +109,9 @@ class Args:
     eval_workers: int = 0
     """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
     processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
+    capture_video: bool = False
+    """record the first episode of each evaluation to {run_dir}/videos/eval_{step}.mp4 (and wandb with --track); needs
+    moviepy (requirements-video.txt) and offscreen rendering (headless MuJoCo: MUJOCO_GL=egl or osmesa)"""
     log_interval: int = 5000
     """write train.jsonl and print progress every this many env steps"""
     save_dataset: Optional[str] = None
@@ -195,12 +198,13 @@ class ConfigError(Exception):
     """An expected, user-fixable problem (unknown --env-id, unusable --save-dataset id); printed without a traceback."""
 
 
-def make_env(env_id: str) -> gym.Env:
-    """gym.make with a clear error for unknown ids; SOM needs Box observations and a bounded Box action space."""
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """gym.make (kwargs: e.g. render_mode) with a clear error for unknown ids; SOM needs Box observations and a bounded
+    Box action space."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is out of date.*")  # -v4 is the paper's suite (spec §8)
         try:
-            env = gym.make(env_id)
+            env = gym.make(env_id, **kwargs)
         except gym.error.Error as e:
             raise ConfigError(
                 f"cannot make --env-id '{env_id}' ({type(e).__name__}: {e}). Use a Gymnasium id with continuous "
@@ -753,6 +757,8 @@ def check_args(args: object) -> None:
                 errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
     if args.eval_only and not args.resume:
         errors.append("--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt")
+    if args.capture_video and args.eval_workers > 0:
+        errors.append("--capture-video renders in this process: use it with --eval-workers 0")
     if args.save_every_eval and not args.save_model:
         errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
     name = args.exp_name
@@ -926,36 +932,49 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
-def make_eval_envs(make_env: Callable[[], gym.Env], num_episodes: int, workers: int) -> gym.vector.VectorEnv:
+def make_eval_envs(
+    make_env: Callable[..., gym.Env], num_episodes: int, workers: int, render: bool = False
+) -> gym.vector.VectorEnv:
     """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
-    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`."""
+    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`. render: the
+    first copy renders rgb_array frames (--capture-video)."""
     if workers == 0:
-        return gym.vector.SyncVectorEnv([make_env] * max(1, num_episodes))
+        first = (lambda: make_env(render_mode="rgb_array")) if render else make_env
+        return gym.vector.SyncVectorEnv([first] + [make_env] * max(0, num_episodes - 1))
     return gym.vector.AsyncVectorEnv([make_env] * max(1, min(workers, num_episodes)), context="fork")
 
 
-def evaluate(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+def evaluate(
+    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str = ""
+) -> dict:
     """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
     step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
     open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
     reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
-    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is."""
+    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is. video: a
+    path to write the first episode to as mp4 (the first env renders, see make_eval_envs)."""
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
-        return run_episodes(act, envs, num_episodes, seed)
+        return run_episodes(act, envs, num_episodes, seed, video)
 
 
-def run_episodes(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int) -> dict:
+def run_episodes(
+    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str
+) -> dict:
     n, shape = envs.num_envs, envs.single_action_space.shape
-    returns, lengths, successes = [], [], []
+    returns, lengths, successes, frames = [], [], [], []
     for start in range(0, num_episodes, n):
         obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
         active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
         count = int(active.sum())
         ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+        recording = bool(video) and start == 0
+        frames += [envs.envs[0].render()] if recording else []
         while active.any():
             for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
                 obs, reward, terminated, truncated, info = envs.step(action)
+                if recording and active[0]:
+                    frames.append(envs.envs[0].render())
                 ret += np.where(active, reward, 0.0)
                 length += active
                 if "success" in info:
@@ -967,10 +986,42 @@ def run_episodes(act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv
         returns += ret[:count].tolist()
         lengths += length[:count].tolist()
         successes += [s for s in success[:count] if not np.isnan(s)]
+    if frames:
+        from moviepy import ImageSequenceClip
+
+        os.makedirs(os.path.dirname(video), exist_ok=True)
+        fps = envs.envs[0].metadata.get("render_fps", 30)
+        ImageSequenceClip(frames, fps=fps).write_videofile(video, logger=None)
     out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
     if successes:
         out["success_rate"] = np.array(successes)
     return out
+
+
+def video_file(run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "videos", f"eval_{step}.mp4")
+
+
+def check_video(make_env: Callable[..., gym.Env]) -> None:
+    """--capture-video: fail before training where videos cannot be written or the env cannot render offscreen."""
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--capture-video writes mp4 files with moviepy: pip install -r requirements-video.txt"
+        ) from None
+    try:
+        env = make_env(render_mode="rgb_array")
+        env.reset(seed=0)
+        frame = env.render()
+        env.close()
+    except Exception as e:
+        raise UsageError(
+            f"--capture-video: the env cannot render here ({type(e).__name__}: {str(e)[:200]}). Without a display, "
+            "MuJoCo renders with MUJOCO_GL=egl (a GPU) or MUJOCO_GL=osmesa (the CPU; apt install libosmesa6)"
+        ) from None
+    if not isinstance(frame, np.ndarray):
+        raise UsageError(f"--capture-video: the env's render() gave {type(frame).__name__}, not an rgb_array frame")
 
 
 def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
@@ -1051,7 +1102,11 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     device = training_device(args)
 
     env = make_env(args.env_id)
-    eval_envs = make_eval_envs(lambda: make_env(args.env_id), args.eval_episodes, args.eval_workers)
+    if args.capture_video:
+        check_video(lambda **kwargs: make_env(args.env_id, **kwargs))
+    eval_envs = make_eval_envs(
+        lambda **kwargs: make_env(args.env_id, **kwargs), args.eval_episodes, args.eval_workers, args.capture_video
+    )
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     agent = Agent(obs_dim, action_dim, args, device)
     if ckpt is not None:
@@ -1063,16 +1118,17 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     def eval_policy(raw_obs: np.ndarray) -> np.ndarray:  # [n, action_dim] in the env's units
         return to_env_action(agent.act(obs_tensor(raw_obs), explore=False).cpu().numpy(), env.action_space)
 
-    def evaluation(step: int) -> dict:
-        """One evaluation: its eval.jsonl row."""
+    def evaluation(step: int, run_dir: str) -> dict:
+        """One evaluation: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
         print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-        result = evaluate(eval_policy, eval_envs, args.eval_episodes, args.seed)
+        video = video_file(run_dir, step) if args.capture_video else ""
+        result = evaluate(eval_policy, eval_envs, args.eval_episodes, args.seed, video)
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
         print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
         return row
 
     if args.eval_only:
-        write_eval_summary(args.resume, evaluation(ckpt["step"]), args)
+        write_eval_summary(args.resume, evaluation(ckpt["step"], os.path.dirname(os.path.abspath(args.resume))), args)
         env.close()
         return eval_envs.close()
     buffer = ReplayBuffer(args.total_timesteps, obs_dim, action_dim, device)
@@ -1189,10 +1245,11 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
         if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
             if args.eval_episodes > 0:
-                row = evaluation(global_step)
+                row = evaluation(global_step, run_dir)
                 append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
                 if wandb:
-                    wandb.log({f"eval/{k}": v for k, v in row.items() if k != "step"}, step=global_step)
+                    media = {"eval/video": wandb.Video(video_file(run_dir, global_step))} if args.capture_video else {}
+                    wandb.log({**{f"eval/{k}": v for k, v in row.items() if k != "step"}, **media}, step=global_step)
                 last_eval = {k: v for k, v in row.items() if k != "step"}
             if args.save_model:
                 save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, env, loop_state(), args)

@@ -1,11 +1,16 @@
 """The four scripts' vectorised evaluation (one shared block, tests/test_cli.py checks it is identical): the same
-returns, lengths and successes as one env stepped episode by episode, with the same seeds."""
+returns, lengths and successes as one env stepped episode by episode, with the same seeds; seeded policy noise; and
+--capture-video's recording of the first episode."""
+
+import os
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import import_algo
+from conftest import ROOT, import_algo, run_script
 
 mf = import_algo("meanflowql")
 
@@ -17,6 +22,13 @@ class Walk(gym.Env):
 
     observation_space = gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)
     action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def render(self):  # a 16 x 16 frame whose brightness shows x
+        return np.full((16, 16, 3), int(np.clip(128 + 50 * self.x, 0, 255)), dtype=np.uint8)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -93,3 +105,62 @@ def test_evaluation_noise_is_seeded_and_leaves_the_training_stream_alone():
     envs.close()
     np.testing.assert_array_equal(first["episodic_return"], second["episodic_return"])
     assert not np.array_equal(first["episodic_return"], other["episodic_return"])
+
+
+def test_the_first_episode_is_recorded_frame_by_frame(tmp_path):
+    pytest.importorskip("moviepy", reason="--capture-video needs moviepy (requirements-video.txt)")
+    from moviepy import VideoFileClip
+
+    envs = mf.make_eval_envs(Walk, 3, 0, render=True)
+    result = mf.evaluate(policy, envs, 3, seed=5, video=str(tmp_path / "videos" / "eval_7.mp4"))
+    envs.close()
+    clip = VideoFileClip(str(tmp_path / "videos" / "eval_7.mp4"))
+    frames = list(clip.iter_frames())
+    assert len(frames) == result["episodic_length"][0] + 1 and frames[0].shape == (16, 16, 3)  # reset, then each step
+    assert clip.fps == 10
+
+
+def render_problem() -> str:
+    """Why MuJoCo cannot render offscreen here ("" if it can)."""
+    code = (
+        "import gymnasium as gym; e = gym.make('InvertedPendulum-v5', render_mode='rgb_array'); e.reset(); e.render()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=HEADLESS)
+    return "" if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
+
+
+HEADLESS = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "osmesa")}
+
+
+def test_capture_video_records_each_evaluation_or_says_why_it_cannot(tmp_path):
+    pytest.importorskip("moviepy", reason="--capture-video needs moviepy (requirements-video.txt)")
+    flags = (
+        "--env-id InvertedPendulum-v5 --total-timesteps 20 --learning-starts 10 --eval-interval 10 --eval-episodes 2"
+    )
+    flags += " --hidden-dims 16 16 --critic-hidden-dims 16 16 --num-mc-samples 4 --num-samples 4 --batch-size 8"
+    proc = run_script([str(ROOT / "algos/som.py"), *flags.split(), "--no-cuda", "--capture-video"], cwd=tmp_path,
+                      env={"MUJOCO_GL": HEADLESS["MUJOCO_GL"]})  # fmt: skip
+    problem = render_problem()
+    if problem:
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "--capture-video: the env cannot render here" in proc.stderr and "MUJOCO_GL=osmesa" in proc.stderr
+        pytest.skip(f"MuJoCo cannot render offscreen on this machine ({problem}); the clear error was checked")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    videos = sorted(p.name for p in (run_dir / "videos").iterdir())
+    assert videos == ["eval_10.mp4", "eval_20.mp4"]
+    from moviepy import VideoFileClip
+
+    frames = list(VideoFileClip(str(run_dir / "videos" / "eval_20.mp4")).iter_frames())
+    assert len(frames) > 1 and frames[0].shape[2] == 3 and frames[0].std() > 0  # a rendered scene, not a blank
+
+
+def test_capture_video_fails_before_training_where_the_env_cannot_render():
+    class NoDisplay(Walk):
+        def render(self):
+            raise RuntimeError("an OpenGL platform library has not been loaded")
+
+    pytest.importorskip("moviepy", reason="--capture-video needs moviepy (requirements-video.txt)")
+    with pytest.raises(mf.UsageError, match="the env cannot render here .*MUJOCO_GL=egl .* MUJOCO_GL=osmesa"):
+        mf.check_video(NoDisplay)
+    mf.check_video(Walk)  # renders: no error
