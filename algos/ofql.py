@@ -973,6 +973,8 @@ def check_args(args: object) -> None:
                 errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
     if args.eval_only and not args.resume:
         errors.append("--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt")
+    if args.eval_only and args.eval_episodes == 0:
+        errors.append("--eval-only needs --eval-episodes >= 1")
     if args.capture_video and args.eval_workers > 0:
         errors.append("--capture-video renders in this process: use it with --eval-workers 0")
     if args.save_every_eval and not args.save_model:

@@ -42,8 +42,11 @@ def test_eval_only_reproduces_the_runs_evaluations_from_the_checkpoint_alone(alg
     assert sorted(evals) == [10, 20] and len(read_jsonl(run_dir / "eval.jsonl")) == 2  # eval-only logs nothing
 
 
-def test_eval_only_needs_a_checkpoint_and_save_every_eval_needs_save_model(tmp_path):
-    proc = run_script([str(ROOT / "algos/ofql.py"), "--eval-only", "--save-every-eval"], cwd=tmp_path)
+def test_eval_only_and_save_every_eval_refuse_what_they_cannot_do(tmp_path):
+    proc = run_script(
+        [str(ROOT / "algos/ofql.py"), "--eval-only", "--save-every-eval", "--eval-episodes", "0"], cwd=tmp_path
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt" in proc.stderr
     assert "--save-every-eval keeps the checkpoints of --save-model: give both" in proc.stderr
+    assert "--eval-only needs --eval-episodes >= 1" in proc.stderr
