@@ -255,7 +255,7 @@ def test_progress_gives_the_interrupt_handler_back():
 @pytest.mark.parametrize("path", [*(f"algos/{a}.py" for a in ALGOS), "scripts/speed.py"])
 def test_openmp_threads_sleep_while_they_wait(path):
     """OMP_WAIT_POLICY is read when torch loads OpenMP: the default PASSIVE must be set before torch is imported
-    (with it, a shared 2-core machine ran OFQL's update 2.7x faster: README "Speed")."""
+    (with one of two cores held by another job, MeanFlowQL's update ran 2.2x faster with it: README "Speed")."""
     source = (ROOT / path).read_text()
     assert source.index('os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")') < source.index("\nimport torch\n")
     code = f"import runpy, os, sys; sys.argv = ['x', '--help']; runpy.run_path({str(ROOT / path)!r}, run_name='x'); "
