@@ -1,7 +1,6 @@
-# MeanFlowQL: "One-Step Generative Policies with Q-Learning: A Reformulation of MeanFlow" (AAAI 2026)
+# MeanFlowQL: "One-Step Generative Policies with Q-Learning: A Reformulation of MeanFlow" (Wang et al., AAAI 2026)
 # paper: https://arxiv.org/abs/2511.13035
-# reference code (JAX): https://github.com/HiccupRL/MeanFlowQL (a fork of https://github.com/seohongpark/fql)
-# spec: shared/specs/meanflowql.md ("spec §N" below); data and envs: shared/specs/data_and_envs.md ("data §N")
+# reference code (JAX): https://github.com/HiccupRL/MeanFlowQL (agents/meanflowql.py, utils/dit_jax.py), a fork of FQL
 #
 # Time convention: t=0 is data, t=1 is noise, start time r fixed at 0. The actor predicts the *residual*
 # g(s, z, t) = z - u(z, 0, t) and acts in one step with a = clip(g(s, e, 1)), e ~ N(0, I).
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
 
 # torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
-# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+# (results/README.md "Threads on a shared machine"). Read when torch loads; OMP_WAIT_POLICY=ACTIVE overrides it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
@@ -37,154 +36,79 @@ ALGO = "meanflowql"
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """experiment name; part of the run name"""
-    seed: int = 1
-    """RNG seed for python, numpy and torch"""
-    torch_deterministic: bool = True
-    """set cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when available"""
-    track: bool = False
-    """log to Weights & Biases (works with WANDB_MODE=offline)"""
-    wandb_project_name: str = "meanflow-rl"
-    """W&B project"""
-    wandb_entity: Optional[str] = None
-    """W&B entity (team); None means the default entity"""
-    save_model: bool = False
-    """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
-    resume: Optional[str] = None
-    """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments"""
-    save_every_eval: bool = False
-    """with --save-model, also keep model_{step}.pt at every evaluation"""
-    eval_only: bool = False
-    """with --resume: evaluate the checkpoint's policy (--eval-episodes episodes, its own settings) without training;
-    the summary is printed and written next to it as {checkpoint}_eval.json"""
-    output_dir: str = "runs"
-    """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
-    compile: bool = False
-    """torch.compile the whole gradient step (on CUDA also captured in CUDA graphs) and the action selection"""
-    tf32: bool = True
-    """CUDA: TF32 matmuls (about 10 significant bits, much faster on Ampere and later GPUs); --no-tf32 for full FP32"""
+    env_id: str = "antmaze-large"  # a short alias (see ALIASES), a Minari dataset id or an OGBench singletask name
+    offline_steps: int = 1_000_000  # gradient steps on the offline dataset
+    online_steps: int = 0  # env steps of online fine-tuning after the offline phase, one update each (UTD 1)
+    seed: int = 1  # RNG seed for python, numpy and torch
+    eval_interval: int = 100_000  # evaluate every this many gradient steps (and at the end)
+    eval_episodes: int = 50  # episodes per evaluation; 0 skips evaluation (checkpoints are still written)
+    eval_workers: int = 0  # 0: all episodes at once in this process; N: in N processes, in waves of N episodes
+    capture_video: bool = False  # first episode of each evaluation to {run_dir}/videos/ (moviepy; MUJOCO_GL=egl)
+    save_model: bool = False  # write {run_dir}/model.pt at every evaluation and when stopped by Ctrl-C
+    save_every_eval: bool = False  # with --save-model, also keep model_{step}.pt at every evaluation
+    resume: Optional[str] = None  # a model.pt to resume from; the run continues in its directory, with its arguments
+    eval_only: bool = False  # with --resume: only evaluate the checkpoint, into {checkpoint}_eval.json
+    output_dir: str = "runs"  # runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # experiment name; part of the run name
+    track: bool = False  # log to Weights & Biases (works with WANDB_MODE=offline)
+    wandb_project_name: str = "meanflow-rl"  # W&B project
+    wandb_entity: Optional[str] = None  # W&B entity (team); None: the default entity
+    log_interval: int = 5000  # write train.jsonl and print progress every this many gradient steps
+    dataset_dir: str = "~/.ogbench/data"  # where OGBench .npz datasets are (Minari uses $MINARI_DATASETS_PATH)
+    antmaze_goal: Literal["observe", "relabel"] = "observe"  # AntMaze: each episode's goal, or D4RL's one (README)
+    reward_bias: Optional[float] = None  # added to every reward offline and online; None: -1 for AntMaze, else 0
+    cuda: bool = True  # use CUDA when available
+    compile: bool = False  # torch.compile the gradient step (CUDA graphs on CUDA) and the action selection
+    tf32: bool = True  # CUDA: TF32 matmuls (about 10 significant bits, much faster); --no-tf32 for full FP32
+    torch_deterministic: bool = True  # set cudnn.deterministic
 
-    # --- data and schedule ---
-    env_id: str = "antmaze-large"
-    """short alias (see ALIASES), a Minari dataset id, or an OGBench singletask name"""
-    dataset_dir: str = "~/.ogbench/data"
-    """where OGBench .npz datasets are looked for (Minari uses $MINARI_DATASETS_PATH)"""
-    offline_steps: int = 1_000_000
-    """gradient steps on the offline dataset"""
-    online_steps: int = 0
-    """environment steps of online fine-tuning after the offline phase (one update each, UTD 1)"""
-    batch_size: int = 256
-    """transitions per gradient step"""
-    eval_interval: int = 100_000
-    """evaluate every this many gradient steps (and at the end)"""
-    eval_episodes: int = 50
-    """episodes per evaluation; 0 skips evaluation (checkpoints are still written)"""
-    eval_workers: int = 0
-    """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
-    processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
-    capture_video: bool = False
-    """record the first episode of each evaluation to {run_dir}/videos/eval_{step}.mp4 (and wandb with --track); needs
-    moviepy (requirements-video.txt) and offscreen rendering (headless MuJoCo: MUJOCO_GL=egl or osmesa)"""
-    log_interval: int = 5000
-    """write train.jsonl and print progress every this many gradient steps"""
-    reward_bias: Optional[float] = None
-    """added to every reward offline and online; None = -1 for AntMaze (spec §8), 0 otherwise"""
-    antmaze_goal: Literal["observe", "relabel"] = "observe"
-    """AntMaze: 'observe' keeps each episode's goal in the observation, with Minari's rewards for it; 'relabel' drops
-    it and rewards reaching the eval goal, D4RL-style (README "--env-id")"""
+    # --- algorithm (official code's defaults; None: the task's value in TASK_DEFAULTS, else the value named) ---
+    alpha: Optional[float] = None  # initial weight alpha_0 of the MeanFlow (BC) loss; None: the task's or 10
+    num_candidates: Optional[int] = None  # C one-step candidates, best by target Q, to act and back up; None: 5
+    time_steps: Optional[int] = None  # t on the grid {1/N..1} if N <= 1000, else U(0, 1); None: the task's or 10000
+    discount: Optional[float] = None  # discount gamma; None: 0.99 (D4RL/Minari) or 0.995 (OGBench)
+    batch_size: int = 256  # transitions per gradient step
+    actor_lr: float = 1e-4  # peak actor learning rate
+    actor_warmup_ratio: float = 0.05  # linear actor warm-up from 0, as a fraction of the offline steps
+    actor_lr_min_ratio: float = 0.1  # cosine decay to this fraction of the peak at the end of offline, then constant
+    critic_lr: float = 3e-4  # constant critic learning rate (the code's; the paper's table reportedly says 1e-4)
+    grad_clip: float = 1.0  # global-norm gradient clipping, separately for actor and critic
+    tau: float = 0.005  # Polyak rate of the target critic
+    q_agg: Literal["mean", "min", "max"] = "mean"  # aggregation over the critic members in the TD target
+    bound_loss_weight: float = 1.0  # weight of the loss that pulls raw actor outputs back into [-1, 1]
+    actor_hidden_dim: int = 256  # DiT width H
+    actor_depth: int = 3  # number of DiT blocks
+    actor_mlp_ratio: int = 4  # DiT MLP width as a multiple of H
+    critic_hidden_dim: int = 512  # critic MLP width
+    critic_layers: int = 4  # critic hidden layers (Dense, GELU, LayerNorm)
+    num_critics: int = 2  # critic ensemble size
 
-    # --- algorithm (spec §6; None = per-task value from TASK_DEFAULTS, else the paper default) ---
-    discount: Optional[float] = None
-    """discount gamma; default 0.99 (D4RL/Minari) or 0.995 (OGBench)"""
-    alpha: Optional[float] = None
-    """initial weight alpha_0 of the MeanFlow (BC) loss; default 10"""
-    num_candidates: Optional[int] = None
-    """C, one-step candidates scored by the target critic for acting and for the TD backup; default 5"""
-    time_steps: Optional[int] = None
-    """t grid {1/N..1} for the MeanFlow loss when N <= 1000, else t ~ U(0,1); default 10000"""
-    noise_std: float = 1.0
-    """sigma of the initial noise e ~ N(0, sigma^2 I)"""
-    actor_lr: float = 1e-4
-    """peak actor learning rate"""
-    actor_warmup_ratio: float = 0.05
-    """linear actor warm-up from 0, as a fraction of offline steps"""
-    actor_lr_min_ratio: float = 0.1
-    """actor lr decays by cosine to this fraction of the peak at the end of the offline phase, then stays"""
-    critic_lr: float = 3e-4
-    """constant critic learning rate (the code's value; the paper's table reportedly says 1e-4)"""
-    grad_clip: float = 1.0
-    """global-norm gradient clipping, separately for actor and critic"""
-    tau: float = 0.005
-    """Polyak rate of the target critic"""
-    q_agg: Literal["mean", "min", "max"] = "mean"
-    """aggregation over critic members in the TD target"""
-    bound_loss_weight: float = 1.0
-    """weight of the bound loss that pulls raw actor outputs back into [-1, 1]"""
-    target_clip: float = 5.0
-    """clip of the MeanFlow regression target g_tgt"""
-    adaptive_gamma: float = 0.8
-    """adaptive loss weight w = (delta^2 + c)^-(1 - gamma)"""
-    adaptive_c: float = 1e-4
-    """c in the adaptive loss weight"""
-    dynamic_alpha: bool = True
-    """dynamic alpha (paper Eq. 21); off = cosine decay from alpha_0 to 0.1 alpha_0 over the offline steps"""
-    alpha_interval: int = 2000
-    """dynamic alpha: steps between adjustments"""
-    alpha_window: int = 20
-    """dynamic alpha: number of past MeanFlow losses in the comparison window"""
-    alpha_warmup_ratio: float = 0.1
-    """dynamic alpha: alpha is frozen for this fraction of the offline steps"""
-    alpha_threshold: float = 5.0
-    """dynamic alpha: raise alpha if loss > threshold * window mean, lower it if loss < window mean / threshold"""
-    alpha_up: float = 1.2
-    """dynamic alpha: multiplicative increase (capped at 10 alpha_0)"""
-    alpha_down: float = 0.8
-    """dynamic alpha: multiplicative decrease (floored at 0.1 alpha_0)"""
-    actor_hidden_dim: int = 256
-    """DiT width H"""
-    actor_depth: int = 3
-    """number of DiT blocks"""
-    actor_mlp_ratio: int = 4
-    """DiT MLP width as a multiple of H"""
-    critic_hidden_dim: int = 512
-    """critic MLP width"""
-    critic_layers: int = 4
-    """critic hidden layers (Dense, GELU, LayerNorm)"""
-    num_critics: int = 2
-    """critic ensemble size"""
+    # --- rarely changed: reconstructed constants and ablation switches ---
+    noise_std: float = 1.0  # sigma of the initial noise e ~ N(0, sigma^2 I)
+    target_clip: float = 5.0  # clip of the MeanFlow regression target g_tgt
+    adaptive_gamma: float = 0.8  # adaptive loss weight w = (delta^2 + c)^-(1 - gamma)
+    adaptive_c: float = 1e-4  # c in the adaptive loss weight
+    dynamic_alpha: bool = True  # dynamic alpha (paper Eq. 21); off: cosine decay alpha_0 -> 0.1 alpha_0 (offline)
+    alpha_interval: int = 2000  # dynamic alpha: steps between adjustments
+    alpha_window: int = 20  # dynamic alpha: number of past MeanFlow losses in the comparison window
+    alpha_warmup_ratio: float = 0.1  # dynamic alpha: alpha is frozen for this fraction of the offline steps
+    alpha_threshold: float = 5.0  # dynamic alpha: up if loss > threshold * window mean, down if < mean / threshold
+    alpha_up: float = 1.2  # dynamic alpha: multiplicative increase (capped at 10 alpha_0)
+    alpha_down: float = 0.8  # dynamic alpha: multiplicative decrease (floored at 0.1 alpha_0)
 
 
 # ======================================================================================================================
-# Data and environments (data §3-§9)
+# PLUMBING (TRY NOT TO MODIFY): task tables, the shared data layer, the replay buffer
 # ======================================================================================================================
-_ANTMAZE = {
-    "umaze": "umaze",
-    "umaze-diverse": "umaze-diverse",
-    "medium-play": "medium-play",
-    "medium-diverse": "medium-diverse",
-    "large": "large-play",
-    "large-play": "large-play",
-    "large-diverse": "large-diverse",
-}
-_ADROIT, _DENSE = ("human", "cloned", "expert"), ("", "-dense")
+_ANTMAZE = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large", "large-play", "large-diverse")
+_ADROIT, _POINTMAZE = ("pen", "door", "hammer", "relocate"), ("open", "umaze", "medium", "large")
 ALIASES: dict[str, str] = {
-    **{f"antmaze-{k}": f"D4RL/antmaze/{v}-v1" for k, v in _ANTMAZE.items()},
+    **{f"antmaze-{k}": f"D4RL/antmaze/{'large-play' if k == 'large' else k}-v1" for k in _ANTMAZE},
     **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
-    **{
-        f"{e}-{k}": f"D4RL/{e}/{k}-v2"
-        for e in ("pen", "door", "hammer", "relocate")
-        for k in ("human", "cloned", "expert")
-    },
-    **{
-        f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2"
-        for m in ("open", "umaze", "medium", "large")
-        for d in ("", "-dense")
-    },
+    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in _ADROIT for k in ("human", "cloned", "expert")},
+    **{f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2" for m in _POINTMAZE for d in ("", "-dense")},
 }
-"""short --env-id aliases -> Minari dataset ids (data §4); 'antmaze-large' is large-play, the task of the paper"""
+"""short --env-id aliases -> Minari dataset ids; 'antmaze-large' is large-play, the task of the paper"""
 
 TASK_DEFAULTS: dict[str, dict] = {
     "D4RL/antmaze/umaze-v1": dict(alpha=100.0, time_steps=10000),
@@ -200,7 +124,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     "humanoidmaze-large-navigate-singletask-task1-v0": dict(alpha=10000.0, time_steps=50),
     "cube-double-play-singletask-task2-v0": dict(alpha=120.0, time_steps=50),
 }
-"""per-task values from the paper's Table 7 (spec §7); keys are resolved dataset ids"""
+"""per-task values from the paper's Table 7; keys are resolved dataset ids"""
 _OGBENCH_DEFAULT_TASK = {"humanoidmaze-medium-navigate": 1, "humanoidmaze-large-navigate": 1, "cube-double-play": 2}
 
 
@@ -224,13 +148,25 @@ def task_defaults(dataset_id: str) -> dict:
     return TASK_DEFAULTS.get(dataset_id, {})
 
 
-# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_data.py checks it) ---
+def resolve_args(args: Args, dataset_id: str) -> Args:
+    """Fill the None hyperparameters from TASK_DEFAULTS, else the official code's defaults."""
+    defaults = {
+        "discount": 0.995 if is_ogbench_name(dataset_id) else 0.99,
+        "alpha": 10.0,
+        "num_candidates": 5,
+        "time_steps": 10000,
+        **task_defaults(dataset_id),
+    }
+    return Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
+
+
+# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_cli.py checks it) ---
 D4RL_GOAL_RADIUS = 0.5  # D4RL's AntMaze goal radius (relabel_antmaze_rewards.py); gymnasium-robotics uses 0.45
 STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not the real data): id pattern -> command
     r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
     r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
     r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
-    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (README "Results")
+    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (results/README.md)
 }
 
 
@@ -238,15 +174,23 @@ class DatasetError(Exception):
     """An expected, user-fixable problem (unknown id, missing or broken dataset); printed without a traceback."""
 
 
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 @dataclass
 class Task:
+    """A dataset and its env. data: observations, actions in [-1, 1], rewards, masks, dones, next_observations
+    (None with --eval-only); val_data: OGBench's validation split; flatten_obs: env observation -> the data's layout;
+    normalized_score: raw returns -> score x100, where the dataset has one."""
+
     dataset_id: str
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
-    data: Optional[dict[str, np.ndarray]]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
-    val_data: Optional[dict[str, np.ndarray]]  # OGBench's validation split (Minari has none)
-    make_env: Callable[..., gym.Env]  # the evaluation (and online) environment; kwargs go to gym.make
-    flatten_obs: Callable[[object], np.ndarray]  # env observation -> the layout of data["observations"]
-    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]  # raw returns -> score x100
+    data: Optional[dict[str, np.ndarray]]
+    val_data: Optional[dict[str, np.ndarray]]
+    make_env: Callable[..., gym.Env]  # kwargs go to gym.make (render_mode)
+    flatten_obs: Callable[[object], np.ndarray]
+    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
     action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
     action_high: Optional[np.ndarray] = None
     reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
@@ -266,10 +210,8 @@ def is_ogbench_name(env_id: str) -> bool:
 
 
 def dataset_family(dataset_id: str) -> str:
-    if is_ogbench_name(dataset_id):
-        return "ogbench"
-    if dataset_id.startswith("mujoco/"):
-        return "mujoco"
+    if is_ogbench_name(dataset_id) or dataset_id.startswith("mujoco/"):
+        return "ogbench" if is_ogbench_name(dataset_id) else "mujoco"
     family = dataset_id.split("/")[1] if dataset_id.startswith("D4RL/") else "minari"
     return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
 
@@ -298,8 +240,7 @@ def load_dataset(
     for split, data in (("", task.data), (" (validation split)", task.val_data)):
         if data is None:
             continue
-        n = len(data["rewards"])
-        if n == 0:
+        if (n := len(data["rewards"])) == 0:
             raise DatasetError(f"'{dataset_id}'{split} has no transitions")
         for key, shape in expected.items():
             if data[key].shape[1:] != shape:
@@ -308,17 +249,13 @@ def load_dataset(
                     f"({env.spec.id if env.spec else env}) has {shape}. Is the dataset from another env or version?"
                 )
         for key, v in data.items():
-            bad = ~np.isfinite(v.reshape(n, -1)).all(1)
-            if bad.any():
-                raise DatasetError(
-                    f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} (first at index "
-                    f"{bad.argmax()})"
-                )
+            if (bad := ~np.isfinite(v.reshape(n, -1)).all(1)).any():
+                where = f"(first at index {bad.argmax()})"
+                raise DatasetError(f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} {where}")
         # actions -> [-1, 1] from the env's bounds (exactly the identity for [-1, 1]); clipped to +-(1 - 1e-5) as in FQL
         mid, half = (task.action_high + task.action_low) / 2, (task.action_high - task.action_low) / 2
         unit = (data["actions"] - mid) / half
-        outside = (np.abs(unit) > 1 + 1e-3).any(1)
-        if outside.any():
+        if (outside := (np.abs(unit) > 1 + 1e-3).any(1)).any():
             print(
                 f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
                 f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.05% of their range; clipped"
@@ -328,37 +265,34 @@ def load_dataset(
     return task
 
 
-def minari_offline_error(dataset_id: str, root: str, reason: str) -> DatasetError:
-    text = (
-        f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
-        f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
-    )
-    for pattern, script in STAND_INS.items():
-        if re.fullmatch(pattern, dataset_id):
-            text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
-    return DatasetError(text)
-
-
 def download_minari(dataset_id: str, root: str) -> None:
     """Download from Minari's remote, failing at once when there is no network (not after ~25 s of retries)."""
     import minari
 
     remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
     host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        raise minari_offline_error(dataset_id, root, "HF_HUB_OFFLINE is set")
-    if host is not None:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    reason = "HF_HUB_OFFLINE is set" if offline else ""
+    if host is not None and not reason:
         try:
             socket.create_connection((host, 443), timeout=5).close()
         except OSError as e:
-            raise minari_offline_error(dataset_id, root, f"{host} cannot be reached to download it ({e})") from None
+            reason = f"{host} cannot be reached to download it ({e})"
+    if reason:
+        text = (
+            f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
+            f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
+        )
+        for pattern, script in STAND_INS.items():
+            if re.fullmatch(pattern, dataset_id):
+                text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
+        raise DatasetError(text)
     try:
         minari.download_dataset(dataset_id)
     except Exception as e:  # unknown remote id, missing optional package, ...
         raise DatasetError(
             f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded from {remote} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). `minari list remote` lists "
-            "the ids there."
+            f"({first_line(e)}). `minari list remote` lists the ids there."
         ) from None
 
 
@@ -366,19 +300,16 @@ def antmaze_eval_map(ds: object, dataset_id: str) -> Optional[list]:
     """Minari's umaze eval maps (umaze and umaze-diverse) are walled unlike the maze the data come from: the gap in the
     middle wall is on the other side (Minari issue #304). Rotated by 180 degrees, the eval map has the data's walls and
     the same task (start and goal cells relative to the walls); return that map, or None when the walls agree."""
-    maps = []
+    walls = []
     for eval_env in (False, True):
         env = ds.recover_environment(eval_env=eval_env)
-        maps.append(env.unwrapped.maze.maze_map)
+        walls.append([[c == 1 for c in row] for row in env.unwrapped.maze.maze_map])
+        eval_map = env.unwrapped.maze.maze_map
         env.close()
-
-    def walls(m: list) -> list:
-        return [[c == 1 for c in row] for row in m]
-
-    if walls(maps[0]) == walls(maps[1]):
+    if walls[0] == walls[1]:
         return None
-    rotated = [row[::-1] for row in maps[1][::-1]]
-    if walls(rotated) != walls(maps[0]):
+    rotated = [row[::-1] for row in eval_map[::-1]]
+    if [[c == 1 for c in row] for row in rotated] != walls[0]:
         raise DatasetError(f"'{dataset_id}': the eval env's maze is walled unlike the data's maze")
     print(f"notice: {dataset_id}: evaluating on the eval map rotated by 180 degrees, which has the data's walls")
     return rotated
@@ -400,8 +331,7 @@ class FixedGoalAntMaze(gym.Wrapper):
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         obs, _, _, truncated, info = self.env.step(action)
-        reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
-        info["success"] = reached
+        info["success"] = reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
         return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
 
 
@@ -412,21 +342,20 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
 
     gym.register_envs(gymnasium_robotics)
     root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
-    path = os.path.join(root, dataset_id)
-    if not os.path.exists(os.path.join(path, "data", "metadata.json")):
+    if not os.path.exists(os.path.join(root, dataset_id, "data", "metadata.json")):
         download_minari(dataset_id, root)
     try:
         ds = minari.load_dataset(dataset_id)
         episodes = list(ds.iterate_episodes()) if with_data else []
     except Exception as e:
         raise DatasetError(
-            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
-            f"download it again: minari delete {dataset_id}; minari download {dataset_id}"
+            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({first_line(e)}); is it "
+            f"corrupt or partly downloaded? Delete it and download it again: minari delete {dataset_id}; minari "
+            f"download {dataset_id}"
         ) from None
     family = dataset_family(dataset_id)
     relabel = family == "antmaze" and antmaze_goal == "relabel"
-    # goal dicts -> vectors (README "--env-id"). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
+    # goal dicts -> vectors (algos/README.md). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
     # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
     # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
     keys = {
@@ -446,9 +375,7 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
         env = ds.recover_environment(eval_env=True, **eval_kwargs)
         goal = np.array(env.unwrapped.maze.unique_goal_locations[0])  # the eval map's goal cell, without noise
         env.close()
-    parts: dict[str, list] = {
-        k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")
-    }
+    parts = {k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")}
     for ep in episodes:  # episodes -> transitions: observations have T+1 rows
         o = flatten_obs(ep.observations)
         rewards, terminals = ep.rewards.astype(np.float32), ep.terminations.astype(bool)
@@ -457,12 +384,11 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
             rewards = terminals.astype(np.float32)
         dones = terminals | ep.truncations.astype(bool)
         dones[-1] = True  # an episode always ends at its last row, flagged or not
-        parts["observations"].append(o[:-1])
-        parts["next_observations"].append(o[1:])
-        parts["actions"].append(ep.actions.astype(np.float32).reshape(len(rewards), -1))
-        parts["rewards"].append(rewards)
-        parts["masks"].append(1.0 - terminals.astype(np.float32))  # timeouts bootstrap
-        parts["dones"].append(dones.astype(np.float32))
+        row = dict(observations=o[:-1], next_observations=o[1:], rewards=rewards, dones=dones.astype(np.float32),
+                   actions=ep.actions.astype(np.float32).reshape(len(rewards), -1),
+                   masks=1.0 - terminals.astype(np.float32))  # timeouts bootstrap  # fmt: skip
+        for k, v in row.items():
+            parts[k].append(v)
     data = {k: np.concatenate(v) for k, v in parts.items()} if episodes else {k: np.zeros((0, 1)) for k in parts}
     if relabel:  # the return is 0 or 1 (the episode ends at the goal): D4RL's AntMaze score, ref scores 0 and 1
         normalized_score = lambda r: 100.0 * np.asarray(r)  # noqa: E731
@@ -495,8 +421,7 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
     if not with_data:
         env.close()
         return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
-    dataset_dir = os.path.expanduser(dataset_dir)
-    splits = name.split("-")
+    dataset_dir, splits = os.path.expanduser(dataset_dir), name.split("-")
     base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
     path = os.path.join(dataset_dir, f"{base}.npz")
     if not (os.path.exists(path) and os.path.exists(path.replace(".npz", "-val.npz"))):
@@ -505,38 +430,32 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
         except Exception as e:
             raise DatasetError(
                 f"OGBench dataset '{base}' (for '{name}') is not at {path} (and its -val.npz), and could not be "
-                f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}).\n"
-                f"  On a machine with internet: python -c \"import ogbench; ogbench.download_datasets(['{base}'], "
-                f"'{dataset_dir}')\"  (or pass --dataset-dir where the .npz files are).\n"
-                f"  To create it locally with OGBench's scripted oracles: python scripts/make_ogbench_dataset.py "
-                f"--env-name {base} --dataset-dir {dataset_dir}"
+                f'downloaded ({first_line(e)}).\n  On a machine with internet: python -c "import ogbench; '
+                f"ogbench.download_datasets(['{base}'], '{dataset_dir}')\"  (or pass --dataset-dir where the .npz "
+                "files are).\n  To create it locally with OGBench's scripted oracles: python "
+                f"scripts/make_ogbench_dataset.py --env-name {base} --dataset-dir {dataset_dir}"
             ) from None
     try:  # singletask datasets: rewards and masks relabelled for the task by ogbench (relabel_utils.py)
         datasets = ogbench.make_env_and_datasets(name, dataset_path=path, dataset_only=True, cur_env=env)
     except Exception as e:
         raise DatasetError(
-            f"OGBench dataset {path} (or its -val.npz) cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
-            "download it again."
+            f"OGBench dataset {path} (or its -val.npz) cannot be read ({first_line(e)}); is it corrupt or partly "
+            "downloaded? Delete it and download it again."
         ) from None
     env.close()
-    train, val = (
-        {
-            **{
-                k: s[k].astype(np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")
-            },
-            "dones": s["terminals"].astype(np.float32),  # 1 at the last transition of each trajectory
-        }
-        for s in datasets
-    )
+    keys = ("observations", "actions", "rewards", "masks", "next_observations")
+    # dones: 1 at the last transition of each trajectory
+    train, val = ({**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
+                  for s in datasets)  # fmt: skip
     return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
 
 
 # --- end of the shared data layer ---
 
 
+# --- shared replay buffer: identical in meanflowql.py and ofql.py (tests/test_cli.py checks it) ---
 class ReplayBuffer:
-    """All transitions as tensors on the training device; online transitions are appended (spec §8, one buffer)."""
+    """All transitions as tensors on the training device: the offline data, then the online transitions appended."""
 
     def __init__(self, data: dict[str, np.ndarray], capacity: int, device: torch.device):
         self.size = len(data["rewards"])
@@ -566,8 +485,11 @@ class ReplayBuffer:
         self.size = self.offline_size + n
 
 
+# --- end of the shared replay buffer ---
+
+
 # ======================================================================================================================
-# Actor: adaLN-Zero DiT on a single token (spec §1, the official MFDiT_SIM)
+# ALGO LOGIC: networks. Actor g(s, z, t): an adaLN-Zero DiT on one token (utils/dit_jax.py::MFDiT_SIM); critic ensemble
 # ======================================================================================================================
 def small_init_(linear: nn.Linear, scale: float = 0.01) -> nn.Linear:
     """variance_scaling(scale, fan_in, truncated normal) as in the reference; zero bias."""
@@ -601,9 +523,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero block. With one token the softmax over keys is exactly 1, so self-attention is proj(v(x)):
-    we compute only the value and output projections (same function as the reference; the unused q/k weights and
-    q/k norms are dropped, and with them the number of heads, which no longer matters)."""
+    """adaLN-Zero block. With one token the softmax is exactly 1 and self-attention is proj(v(x)): only the value and
+    output projections are computed (the same function as the reference, without its unused q/k weights and norms)."""
 
     def __init__(self, dim: int, mlp_ratio: int):
         super().__init__()
@@ -624,12 +545,8 @@ class DiTBlock(nn.Module):
 
 
 class MeanFlowActor(nn.Module):
-    """Residual MeanFlow policy g(s, z, t) = z - u(z, 0, t) (spec §1). Outputs exactly 0 at initialisation.
-
-    t may have shape [B, 1] or [1, 1]; with [1, 1] (e.g. t = 1 when acting) the time conditioning is computed once
-    and broadcast over the batch. Acting always uses t = 1, so an evaluation computes `condition(t=1)` once and
-    reuses it through `decode` (best_of_c's `modulations`).
-    """
+    """Residual MeanFlow policy g(s, z, t) = z - u(z, 0, t); outputs exactly 0 at initialisation. t: [B, 1], or [1, 1]
+    (computed once, broadcast); acting always uses t = 1, whose `condition` an evaluation computes once."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, depth: int = 3, mlp_ratio: int = 4):
         super().__init__()
@@ -661,8 +578,42 @@ class MeanFlowActor(nn.Module):
         return self.head(modulate(self.final_norm(x), shift, scale))
 
 
+class EnsembleLinear(nn.Module):
+    """E independent linear layers applied in one batched matmul: [E, B, in] -> [E, B, out]."""
+
+    def __init__(self, ensemble: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(ensemble, 1, out_features))
+        bound = math.sqrt(6 / (in_features + out_features))  # Xavier-uniform, variance_scaling(1, fan_avg, uniform)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class CriticEnsemble(nn.Module):
+    """E critics Q_k(s, a), each Dense -> GELU -> LayerNorm layers and a scalar head (utils/networks.py::Value)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 512, num_layers: int = 4, ensemble: int = 2):
+        super().__init__()
+        dims = [obs_dim + action_dim] + [hidden_dim] * num_layers
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.norm_weight = nn.Parameter(torch.ones(num_layers, ensemble, 1, hidden_dim))
+        self.norm_bias = nn.Parameter(torch.zeros(num_layers, ensemble, 1, hidden_dim))
+        self.head = EnsembleLinear(ensemble, hidden_dim, 1)
+        self.ensemble = ensemble
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], dim=-1).expand(self.ensemble, -1, -1)
+        for i, layer in enumerate(self.layers):
+            x = F.gelu(layer(x))
+            x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight[i] + self.norm_bias[i]
+        return self.head(x).squeeze(-1)  # [E, B]
+
+
 # ======================================================================================================================
-# MeanFlow loss with one JVP (spec §2)
+# ALGO LOGIC: MeanFlow loss with one JVP, r = 0 (agents/meanflowql.py::meanflow_loss)
 # ======================================================================================================================
 def g_and_total_derivative(
     actor: Callable, obs: torch.Tensor, z: torch.Tensor, t: torch.Tensor, v: torch.Tensor
@@ -673,7 +624,7 @@ def g_and_total_derivative(
 
 
 def sample_time(batch_size: int, time_steps: int, device: torch.device) -> torch.Tensor:
-    """t uniform on the grid {1/N, ..., 1} when N <= 1000 (t = 0 never occurs), else t ~ U(0, 1) (spec §2)."""
+    """t uniform on the grid {1/N, ..., 1} when N <= 1000 (t = 0 never occurs), else t ~ U(0, 1)."""
     if time_steps <= 1000:
         return torch.randint(1, time_steps + 1, (batch_size, 1), device=device) / time_steps
     return torch.rand(batch_size, 1, device=device)
@@ -700,42 +651,8 @@ def meanflow_loss(
 
 
 # ======================================================================================================================
-# Critic ensemble (spec §3) and best-of-C action selection
+# ALGO LOGIC: best-of-C one-step actions, for acting and the TD backup (agents/meanflowql.py::sample_actions_best)
 # ======================================================================================================================
-class EnsembleLinear(nn.Module):
-    """E independent linear layers applied in one batched matmul: [E, B, in] -> [E, B, out]."""
-
-    def __init__(self, ensemble: int, in_features: int, out_features: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(ensemble, in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(ensemble, 1, out_features))
-        bound = math.sqrt(6 / (in_features + out_features))  # Xavier-uniform, variance_scaling(1, fan_avg, uniform)
-        nn.init.uniform_(self.weight, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class CriticEnsemble(nn.Module):
-    """E critics Q_k(s, a), each MLP with hidden layers Dense -> GELU -> LayerNorm and a scalar head."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 512, num_layers: int = 4, ensemble: int = 2):
-        super().__init__()
-        dims = [obs_dim + action_dim] + [hidden_dim] * num_layers
-        self.layers = nn.ModuleList(EnsembleLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
-        self.norm_weight = nn.Parameter(torch.ones(num_layers, ensemble, 1, hidden_dim))
-        self.norm_bias = nn.Parameter(torch.zeros(num_layers, ensemble, 1, hidden_dim))
-        self.head = EnsembleLinear(ensemble, hidden_dim, 1)
-        self.ensemble = ensemble
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, actions], dim=-1).expand(self.ensemble, -1, -1)
-        for i, layer in enumerate(self.layers):
-            x = F.gelu(layer(x))
-            x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight[i] + self.norm_bias[i]
-        return self.head(x).squeeze(-1)  # [E, B]
-
-
 @torch.no_grad()
 def best_of_c(
     actor: MeanFlowActor,
@@ -745,7 +662,7 @@ def best_of_c(
     noise_std: float = 1.0,
     modulations: Optional[list[torch.Tensor]] = None,
 ) -> torch.Tensor:
-    """C one-step candidates a_i = clip(g(s, e_i, 1)); return the one with the highest ensemble-mean Q (spec §1, §3).
+    """C one-step candidates a_i = clip(g(s, e_i, 1)); return the one with the highest ensemble-mean Q.
     `modulations` = actor.condition(t=1), when the caller has it already (it changes only with the parameters)."""
     batch, action_dim = obs.shape[0], actor.head.out_features
     obs_c = obs.repeat_interleave(num_candidates, dim=0)
@@ -758,7 +675,7 @@ def best_of_c(
 
 
 # ======================================================================================================================
-# One update (spec §10)
+# ALGO LOGIC: one update, L = L_c + L_q + w_b L_b + alpha L_MFI (agents/meanflowql.py::total_loss)
 # ======================================================================================================================
 METRICS = ("critic_loss", "meanflow_loss", "q_loss", "bound_loss", "q_mean", "q_min", "q_max")
 
@@ -771,11 +688,11 @@ def compute_losses(
     alpha: torch.Tensor,
     args: Args,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total loss L = L_c + L_q + w_b L_b + alpha L_MFI (spec §4) and the METRICS as one tensor."""
+    """The total loss, all terms at the parameters from before the step, and the METRICS as one tensor."""
     obs, actions = batch["observations"], batch["actions"]
     batch_size, device = actions.shape[0], obs.device
 
-    # critic: best-of-C backup from the target critic, both members regress to the same y (spec §3)
+    # critic (critic_loss): best-of-C backup from the target critic; both members regress to the same y
     with torch.no_grad():
         next_actions = best_of_c(actor, critic_target, batch["next_observations"], args.num_candidates, args.noise_std)
         next_q = critic_target(batch["next_observations"], next_actions)
@@ -784,14 +701,12 @@ def compute_losses(
     q = critic(obs, actions)
     critic_loss = (q - y).pow(2).mean()
 
-    # MeanFlow behaviour-cloning term on dataset actions (spec §2)
+    # MeanFlow behaviour-cloning term on dataset actions (meanflow_loss)
     t = sample_time(batch_size, args.time_steps, device)
-    noise = (
-        torch.randn(actions.shape, device=device) * args.noise_std
-    )  # randn, not randn_like, which torch.compile's CSE merges
+    noise = torch.randn(actions.shape, device=device) * args.noise_std  # not randn_like, which compile's CSE merges
     mf_loss = meanflow_loss(actor, obs, actions, noise, t, args.target_clip, args.adaptive_gamma, args.adaptive_c)
 
-    # actor: Q through the one-step action with the critic frozen, plus the bound loss (spec §4)
+    # actor (actor_loss): Q through the one-step action with the critic frozen, plus the bound loss
     raw = actor(obs, torch.randn(actions.shape, device=device) * args.noise_std, torch.ones(1, 1, device=device))
     bound_loss = F.relu(raw - 1).mean() + F.relu(-1 - raw).mean()
     frozen = {k: p.detach() for k, p in critic.named_parameters()}
@@ -804,7 +719,7 @@ def compute_losses(
 
 
 class Agent:
-    """Networks, optimisers, schedules and the dynamic-alpha state; `update` is one gradient step."""
+    """Networks, optimisers, schedules and the dynamic-alpha state; `update` is one gradient step, `act` acts."""
 
     def __init__(self, obs_dim: int, action_dim: int, args: Args, device: torch.device):
         self.args = args
@@ -817,17 +732,17 @@ class Agent:
         ).to(device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        # two parameter groups, each with its own clip and Adam (spec §5)
+        # two parameter groups, each with its own clip and Adam
         self.actor_opt = adam(self.actor.parameters(), args.actor_lr, args, device)
         self.critic_opt = adam(self.critic.parameters(), args.critic_lr, args, device)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, self.actor_lr_factor)
-        # dynamic alpha (paper Eq. 21, spec §4): current alpha and a window of past MeanFlow losses
+        # dynamic alpha (paper Eq. 21): current alpha and a window of past MeanFlow losses
         self.alpha = torch.tensor(float(args.alpha), device=device)
         self.loss_window = torch.zeros(args.alpha_window, device=device)
         self.window_count = torch.zeros((), device=device)
         self.step = 0
         self.train_step = compile_update(self.gradient_step, args, device)
-        self.act_fn = torch.compile(best_of_c) if args.compile else best_of_c  # acting and evaluation
+        self.act_fn = torch.compile(best_of_c) if args.compile else best_of_c
 
     def actor_lr_factor(self, step: int) -> float:
         """Linear warm-up from 0 (1e-8 with --compile, see adam()), cosine decay to min_ratio at the end of the
@@ -851,7 +766,7 @@ class Agent:
         metrics = self.train_step(batch)
         self.actor_sched.step()
         if a.dynamic_alpha and self.step % a.alpha_interval == 0:
-            self.adjust_alpha(metrics[1])
+            self.adjust_alpha(metrics[METRICS.index("meanflow_loss")])
         return metrics
 
     def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -860,7 +775,7 @@ class Agent:
         total, metrics = compute_losses(self.actor, self.critic, self.critic_target, batch, self.alpha, a)
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
-        total.backward()  # all terms use the parameters from before the step (spec §4)
+        total.backward()
         nn.utils.clip_grad_norm_(self.actor.parameters(), a.grad_clip, foreach=True)
         nn.utils.clip_grad_norm_(self.critic.parameters(), a.grad_clip, foreach=True)
         self.actor_opt.step()
@@ -871,8 +786,8 @@ class Agent:
 
     @torch.no_grad()
     def adjust_alpha(self, mf_loss: torch.Tensor) -> None:
-        """Every alpha_interval steps (after the warm-up) compare the current MeanFlow loss with the window mean:
-        raise alpha if it is threshold times larger, lower it if threshold times smaller; then push the loss."""
+        """Dynamic alpha (paper Eq. 21), every alpha_interval steps after the warm-up: raise alpha if the MeanFlow loss
+        is threshold times the window mean, lower it if threshold times smaller; then push the loss into the window."""
         a = self.args
         if self.step >= a.alpha_warmup_ratio * a.offline_steps:
             mean = self.loss_window.sum() / self.window_count.clamp(min=1)
@@ -884,55 +799,40 @@ class Agent:
         self.loss_window.copy_(torch.cat([self.loss_window[1:], mf_loss.reshape(1)]))
         self.window_count.clamp_(max=a.alpha_window - 1).add_(1)
 
+    def act(self, obs: torch.Tensor, modulations: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+        """Best-of-C actions [n, action_dim] in [-1, 1] by the target critic, for normalised observations [n, obs_dim].
+        modulations: actor.condition(t=1), for many calls with the same parameters (an evaluation computes it once)."""
+        a = self.args
+        return self.act_fn(self.actor, self.critic_target, obs, a.num_candidates, a.noise_std, modulations)
+
+    MODULES = ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "actor_sched")
+    TENSORS = ("alpha", "loss_window", "window_count")
+
     def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "actor_sched": self.actor_sched.state_dict(),
-            "alpha": self.alpha,
-            "loss_window": self.loss_window,
-            "window_count": self.window_count,
-            "step": self.step,
-        }
+        modules = {name: getattr(self, name).state_dict() for name in self.MODULES}
+        return {**modules, **{name: getattr(self, name) for name in self.TENSORS}, "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "actor_sched"):
+        for name in self.MODULES:
             getattr(self, name).load_state_dict(state[name])
-        for name in ("alpha", "loss_window", "window_count"):
+        for name in self.TENSORS:
             getattr(self, name).copy_(state[name])
         self.step = state["step"]
 
 
 # ======================================================================================================================
-# Training loop
+# PLUMBING (TRY NOT TO MODIFY): CLI, checkpoints, logging, evaluation
 # ======================================================================================================================
-def resolve_args(args: Args, dataset_id: str) -> Args:
-    """Fill None hyperparameters from TASK_DEFAULTS, else the paper defaults (spec §6-§7)."""
-    defaults = {
-        "discount": 0.995 if is_ogbench_name(dataset_id) else 0.99,
-        "alpha": 10.0,
-        "num_candidates": 5,
-        "time_steps": 10000,
-        **task_defaults(dataset_id),
-    }
-    return Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
-
-
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
 
 
 NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
-FIXED_ON_RESUME = (
-    "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
-    " compile"
-)
-"""flags (or parts of their names) that a resumed run cannot change: the task, the shapes of the networks, and
---compile (whose optimisers keep their learning rates in tensors)"""
+# flags (or parts of their names) a resumed run cannot change: the task, the network shapes, and --compile (whose
+# optimisers keep their learning rates in tensors)
+FIXED_ON_RESUME = "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb"
+FIXED_ON_RESUME += " shared_time_mlp compile"
 
 
 def flag(name: str) -> str:
@@ -974,8 +874,7 @@ def check_args(args: object) -> None:
 
 def parse_cli(args_type: type) -> tuple[object, set[str]]:
     """tyro's Args, and the names of the flags given on the command line (a resumed run keeps the others)."""
-    names = {f.name for f in fields(args_type)}
-    given = set()
+    names, given = {f.name for f in fields(args_type)}, set()
     for token in sys.argv[1:]:
         name = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else ""
         given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
@@ -983,20 +882,17 @@ def parse_cli(args_type: type) -> tuple[object, set[str]]:
 
 
 def read_checkpoint(path: str, algo: str) -> dict:
-    """The checkpoint, loaded on the CPU (RNG states must stay CPU tensors; load_state_dict moves the rest), checked
-    before any dataset is loaded."""
+    """The checkpoint, loaded on the CPU (the RNG states must stay CPU tensors), checked before any data is loaded."""
     if not os.path.exists(path):
         raise UsageError(f"--resume {path}: no such file")
-    if os.path.isdir(path):
-        raise UsageError(f"--resume {path} is a directory; pass the model.pt inside a run directory")
-    if os.path.getsize(path) == 0:
-        raise UsageError(f"--resume {path} is empty")
+    if os.path.isdir(path) or os.path.getsize(path) == 0:
+        what = "is a directory; pass the model.pt inside a run directory" if os.path.isdir(path) else "is empty"
+        raise UsageError(f"--resume {path} {what}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise UsageError(
-            f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
-        ) from None
+        error = f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
+        raise UsageError(error) from None
     if not isinstance(ckpt, dict) or "algo" not in ckpt or "args" not in ckpt:
         raise UsageError(f"--resume {path} is not a checkpoint of algos/{algo}.py")
     if ckpt["algo"] != algo:
@@ -1009,17 +905,15 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     apply with a notice; the task and the network shapes cannot change."""
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    given -= {"resume", "eval_only"}
-    merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
-    merged["eval_only"] = args.eval_only
-    for name in sorted(given & set(saved)):
+    merged = {f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}
+    merged.update(resume=args.resume, eval_only=args.eval_only)
+    for name in sorted((given - {"resume", "eval_only"}) & set(saved)):
         new, old = getattr(args, name), saved[name]
-        if new == old:
-            continue
-        if any(part in name for part in FIXED_ON_RESUME.split()):
+        if new != old and any(part in name for part in FIXED_ON_RESUME.split()):
             raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
-        print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
-        merged[name] = new
+        if new != old:
+            print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
+            merged[name] = new
     return type(args)(**merged)
 
 
@@ -1029,12 +923,10 @@ def check_writable(directory: str, what: str) -> None:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
         raise UsageError(f"cannot write to {what} {directory} ({e.strerror or e})") from None
-    free = shutil.disk_usage(existing).free
-    if free < 100 * 2**20:
+    if (free := shutil.disk_usage(existing).free) < 100 * 2**20:
         raise UsageError(f"{what} {directory} is on a disk with only {free / 2**20:.0f} MiB free")
 
 
@@ -1068,6 +960,18 @@ def truncate_jsonl(path: str, max_step: int) -> None:
             f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= max_step)
 
 
+def seed_everything(args: object) -> torch.device:
+    """Seed python, numpy and torch; the training device: CUDA when present (and --cuda), with TF32 under --tf32."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    return device
+
+
 def rng_state() -> dict:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
@@ -1081,8 +985,10 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(state: dict, path: str) -> None:
-    """Write to path.tmp, then rename: never a half-written checkpoint, and no stray .tmp after an interruption."""
+def save_checkpoint(path: str, step: int, agent: object, args: object, **state: object) -> None:
+    """One schema for the four scripts: the script, step, agent, arguments, RNG states and the script's other state
+    (replay buffer, observation statistics, env). Written to path.tmp and renamed: never half a checkpoint."""
+    state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), "rng": rng_state(), **state}
     try:
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
@@ -1136,12 +1042,44 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
+def summary(row: dict, keys: Iterable[str]) -> str:
+    """'key value | key value' for those of `keys` that the row has."""
+    return " | ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
+
+
+class Logger:
+    """A run's rows: appended to run_dir/{kind}.jsonl (kind: train or eval), their numbers sent to W&B as {kind}/{key}
+    with --track (with the evaluation's video, if any), and printed as one line."""
+
+    def __init__(self, run_dir: str, args: object):
+        self.run_dir, self.wandb = run_dir, None
+        if args.track:
+            import wandb
+
+            name = os.path.basename(run_dir)
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=name,
+                       id=name[-128:], resume="allow", save_code=True)  # fmt: skip
+            self.wandb = wandb
+
+    def log(self, kind: str, row: dict, line: str = "", video: str = "") -> None:
+        append_jsonl(os.path.join(self.run_dir, f"{kind}.jsonl"), row)
+        if self.wandb:
+            media = {f"{kind}/video": self.wandb.Video(video)} if video else {}
+            numbers = {f"{kind}/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+            self.wandb.log({**numbers, **media}, step=row["step"])
+        if line:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.wandb:
+            self.wandb.finish()
+
+
 def make_eval_envs(
     make_env: Callable[..., gym.Env], num_episodes: int, workers: int, render: bool = False
 ) -> gym.vector.VectorEnv:
-    """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
-    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`. render: the
-    first copy renders rgb_array frames (--capture-video)."""
+    """One env copy per episode, stepped in this process (workers 0), or `workers` copies in as many processes
+    (AsyncVectorEnv, forked), which run the episodes in waves. render: the first copy renders rgb_array frames."""
     if workers == 0:
         first = (lambda: make_env(render_mode="rgb_array")) if render else make_env
         return gym.vector.SyncVectorEnv([first] + [make_env] * max(0, num_episodes - 1))
@@ -1151,45 +1089,35 @@ def make_eval_envs(
 def evaluate(
     act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str = ""
 ) -> dict:
-    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
-    step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
-    open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
-    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
-    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is. video: a
-    path to write the first episode to as mp4 (the first env renders, see make_eval_envs)."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
-        return run_episodes(act, envs, num_episodes, seed, video)
-
-
-def run_episodes(
-    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str
-) -> dict:
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, one batched policy call per step:
+    act(all observations) -> env actions [n, action_dim], or chunks [n, h, action_dim] run open-loop. An episode that
+    ends is masked out until its wave ends. Returns raw returns, lengths and, where the env reports info['success'],
+    whether it was reached at any step (D4RL's terminate-at-goal semantics). The policy's noise comes from a stream
+    seeded by `seed`; training's stream is left as it is. video: write the first episode there as mp4."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
-    for start in range(0, num_episodes, n):
-        obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
-        active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
-        count = int(active.sum())
-        ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
-        recording = bool(video) and start == 0
-        frames += [envs.envs[0].render()] if recording else []
-        while active.any():
-            for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
-                obs, reward, terminated, truncated, info = envs.step(action)
-                if recording and active[0]:
-                    frames.append(envs.envs[0].render())
-                ret += np.where(active, reward, 0.0)
-                length += active
-                if "success" in info:
-                    got = active & info["_success"]
-                    success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
-                active &= ~(terminated | truncated)
-                if not active.any():
-                    break
-        returns += ret[:count].tolist()
-        lengths += length[:count].tolist()
-        successes += [s for s in success[:count] if not np.isnan(s)]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)  # the same noise for a checkpoint however it is reached (--eval-only)
+        for start in range(0, num_episodes, n):
+            obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+            active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
+            count, recording = int(active.sum()), bool(video) and start == 0
+            ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+            frames += [envs.envs[0].render()] if recording else []
+            while active.any():
+                for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                    obs, reward, terminated, truncated, info = envs.step(action)
+                    frames += [envs.envs[0].render()] if recording and active[0] else []
+                    ret += np.where(active, reward, 0.0)
+                    length += active
+                    if "success" in info:
+                        got = active & info["_success"]
+                        success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
+                    active &= ~(terminated | truncated)
+                    if not active.any():
+                        break
+            returns, lengths = returns + ret[:count].tolist(), lengths + length[:count].tolist()
+            successes += [s for s in success[:count] if not np.isnan(s)]
     if frames:
         from moviepy import ImageSequenceClip
 
@@ -1197,9 +1125,7 @@ def run_episodes(
         fps = envs.envs[0].metadata.get("render_fps", 30)
         ImageSequenceClip(frames, fps=fps).write_videofile(video, logger=None)
     out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
-    if successes:
-        out["success_rate"] = np.array(successes)
-    return out
+    return {**out, "success_rate": np.array(successes)} if successes else out
 
 
 def video_file(run_dir: str, step: int) -> str:
@@ -1211,9 +1137,7 @@ def check_video(make_env: Callable[..., gym.Env]) -> None:
     try:
         import moviepy  # noqa: F401
     except ImportError:
-        raise UsageError(
-            "--capture-video writes mp4 files with moviepy: pip install -r requirements-video.txt"
-        ) from None
+        raise UsageError("--capture-video writes mp4 with moviepy: pip install -r requirements-video.txt") from None
     try:
         env = make_env(render_mode="rgb_array")
         env.reset(seed=0)
@@ -1232,30 +1156,21 @@ def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
     """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
     path = os.path.splitext(checkpoint)[0] + "_eval.json"
     with open(path, "w") as f:
-        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
-                   "seed": args.seed}, f, indent=2)  # fmt: skip
+        out = {"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes}
+        json.dump({**out, "seed": args.seed}, f, indent=2)
     print(f"wrote {path}")
 
 
-def training_device(args: object) -> torch.device:
-    """CUDA when present (and --cuda), else the CPU; on CUDA, TF32 matmuls and convolutions with --tf32."""
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
-    return device
-
-
 def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
-    """Adam; with --compile its learning rate is a (float64) tensor, so that the compiled step does not recompile each
-    time a schedule moves it. The compiled step divides by the learning rate (a zero gradient at lr 0 gives NaN), so
-    no schedule here is at 0 while it trains."""
+    """Adam; under --compile its learning rate is a float64 tensor, so that moving it does not recompile the step. The
+    compiled step divides by it (a zero gradient at lr 0 gives NaN): no schedule here is at 0 while it trains."""
     return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
 
 
 def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
     """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
-    torch.compile; on CUDA with mode reduce-overhead, which replays it as CUDA graphs, one launch instead of hundreds.
-    The step returns its metrics tensor, copied: a CUDA graph overwrites its outputs on the next replay."""
+    torch.compile; on CUDA in mode reduce-overhead, replayed as CUDA graphs. Its metrics are copied: a CUDA graph
+    overwrites its outputs at the next replay."""
     if not args.compile:
         return train_step
     compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
@@ -1270,19 +1185,9 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 # --- end of the shared run plumbing ---
 
 
-def save_checkpoint(path: str, agent: Agent, buffer: ReplayBuffer, obs_stats: dict, args: Args) -> None:
-    state = {
-        "algo": ALGO,
-        "step": agent.step,
-        "agent": agent.state_dict(),
-        "online_buffer": buffer.online_part(),
-        "obs_stats": obs_stats,
-        "args": asdict(args),
-        "rng": rng_state(),
-    }
-    save_atomic(state, path)
-
-
+# ======================================================================================================================
+# TRAINING LOOP: the offline steps, then online fine-tuning (one env step and one update each), evaluations, checkpoints
+# ======================================================================================================================
 def main(args: Args, given: Optional[set[str]] = None) -> None:
     """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
     check_args(args)
@@ -1297,31 +1202,22 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         return
     if ckpt is None:
         check_writable(args.output_dir, "--output-dir")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = training_device(args)
+    device = seed_everything(args)
 
     default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # FQL's AntMaze rewards r - 1
     reward_bias = default_bias if args.reward_bias is None else args.reward_bias
     task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
     if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
         obs_stats = ckpt["obs_stats"]
-        obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
-    else:
-        data = task.data
-        # observation normalisation with dataset statistics over the valid rows only; the reference computes them
-        # over its zero-padded 2M-row buffer, which shrinks mean and std (spec §9) -- deliberately not reproduced
-        obs_mean = data["observations"].mean(0)
-        obs_std = data["observations"].std(0)
-        obs_std[obs_std < 1e-6] = 1.0
-        obs_stats = {"mean": obs_mean, "std": obs_std}
-        for split in filter(None, (data, task.val_data)):
+    else:  # z-scored with the dataset's statistics (the reference's also count its buffer's zero padding; not copied)
+        obs_stats = {"mean": task.data["observations"].mean(0), "std": task.data["observations"].std(0)}
+        obs_stats["std"][obs_stats["std"] < 1e-6] = 1.0
+        for split in filter(None, (task.data, task.val_data)):
             for k in ("observations", "next_observations"):
-                split[k] = (split[k] - obs_mean) / obs_std
-        buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
+                split[k] = (split[k] - obs_stats["mean"]) / obs_stats["std"]
+        buffer = ReplayBuffer(task.data, capacity=len(task.data["rewards"]) + args.online_steps, device=device)
         val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
     obs_dim, action_dim = len(obs_mean), len(task.action_low)
     agent = Agent(obs_dim, action_dim, args, device)
     if ckpt is not None:
@@ -1331,18 +1227,16 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
 
     def policy(raw_obs: object, modulations: Optional[list[torch.Tensor]] = None) -> np.ndarray:
-        """Best-of-C actions [n, action_dim] in [-1, 1] by the target critic (spec §1), for raw env observations."""
+        """Agent.act for raw env observations: actions [n, action_dim] in [-1, 1]."""
         obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
-        action = agent.act_fn(agent.actor, agent.critic_target, obs_t, args.num_candidates, args.noise_std, modulations)
-        return action.cpu().numpy()
+        return agent.act(obs_t, modulations).cpu().numpy()
 
     if args.capture_video:
         check_video(task.make_env)
     eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
 
     def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation: its eval.jsonl row (normalized_score where the dataset has reference scores); with
-        --capture-video, its first episode in run_dir/videos/."""
+        """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
         with torch.no_grad():  # the parameters are fixed during an evaluation: condition on t = 1 once
             modulations = agent.actor.condition(torch.ones(1, 1, device=device))
         print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
@@ -1353,7 +1247,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
         if task.normalized_score is not None:
             row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
-        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+        print(summary(row, [k for k in row if k != "step"]))
         return row
 
     if args.eval_only:
@@ -1367,28 +1261,18 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             truncate_jsonl(os.path.join(run_dir, f), agent.step)
     else:
         run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    run_name = os.path.basename(run_dir)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
+    config = os.path.join(run_dir, "config.json")
+    with open(config, "w") as f:
         json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
-
-    wandb = None
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=asdict(args),
-            name=run_name,
-            id=run_name.replace("/", "-")[-128:],
-            resume="allow",
-            save_code=True,
-        )
+    logger = Logger(run_dir, args)
     print(
         f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
-        f"obs {obs_dim}, action {action_dim}, device {device}, run dir {run_dir}"
+        f"obs {obs_dim}, action {action_dim}, device {device}; arguments in {config}"
     )
-    print("| " + " | ".join(f"{k}={v}" for k, v in asdict(args).items()) + " |")
+
+    def save() -> None:
+        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args,
+                        online_buffer=buffer.online_part(), obs_stats=obs_stats)  # fmt: skip
 
     env = task.make_env() if args.online_steps > 0 else None
     progress = Progress()
@@ -1399,7 +1283,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
     while agent.step < total_steps and not progress.stop:
         online = agent.step >= args.offline_steps
-        if online:  # one env step with the best-of-C action, then one update (UTD 1, spec §8)
+        if online:  # one env step with the best-of-C action, then one update (UTD 1)
             action = policy(obs)[0]
             next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
             buffer.add(
@@ -1418,25 +1302,19 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         metrics = agent.update(buffer.sample(args.batch_size))
         metric_sum = metrics if metric_sum is None else metric_sum + metrics
         metric_count += 1
-        step = agent.step
-        progress.step(f"[{'online' if online else 'offline'} {step}/{total_steps}]")
+        step, phase = agent.step, "online" if online else "offline"
+        progress.step(f"[{phase} {step}/{total_steps}]")
 
         if step % args.log_interval == 0 or step == total_steps:
-            values = (metric_sum / metric_count).tolist()  # the only host sync of the interval
-            if not all(math.isfinite(v) for v in values):
+            means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+            if not all(math.isfinite(v) for v in means.values()):
                 raise FloatingPointError(
-                    f"non-finite loss at step {step}: {dict(zip(METRICS, values))}. Try a smaller --alpha, "
+                    f"non-finite loss at step {step}: {means}. Try a smaller --alpha, "
                     "--critic-lr or --actor-lr, and check the dataset for NaN/inf values."
                 )
             sps = progress.log()
-            row = {
-                "step": step,
-                "phase": "online" if online else "offline",
-                **dict(zip(METRICS, values)),
-                "alpha": agent.alpha.item(),
-                "actor_lr": float(agent.actor_sched.get_last_lr()[0]),
-                "sps": sps,
-            }
+            row = {"step": step, "phase": phase, **means, "alpha": agent.alpha.item(),
+                   "actor_lr": float(agent.actor_sched.get_last_lr()[0]), "sps": sps}  # fmt: skip
             if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
                 # under a forked RNG, so that validation leaves the training run's random stream as it is
                 with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -1447,40 +1325,28 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
                 row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
                 row["episodic_length"] = float(np.mean([n for _, n in episodes]))
                 row["online_env_steps"] = step - args.offline_steps
-            append_jsonl(os.path.join(run_dir, "train.jsonl"), row)
-            if wandb:
-                charts = {f"charts/{k}": row[k] for k in ("episodic_return", "episodic_length") if k in row}
-                val = {k: v for k, v in row.items() if k.startswith("val/")}
-                losses = {f"losses/{k}": row[k] for k in (*METRICS, "alpha", "actor_lr")}
-                wandb.log({**losses, **val, **charts, "charts/SPS": sps}, step=step)
-            last = " | ".join(f"{k} {v:.3g}" for k, v in last_eval.items())
-            print(
-                f"[{row['phase']} {step}/{total_steps}] SPS {sps:.2f} | critic {values[0]:.4g} | mf {values[1]:.4g}"
-                f" | q {values[4]:.4g} | alpha {row['alpha']:.4g}" + (f" | last eval: {last}" if last else "")
-            )
+            keys = ("sps", "critic_loss", "meanflow_loss", "q_mean", "alpha", "episodic_return")
+            line = f"[{phase} {step}/{total_steps}] {summary(row, keys)}"
+            logger.log("train", row, line + (f" | last eval: {summary(last_eval, last_eval)}" if last_eval else ""))
             metric_sum, metric_count, episodes = None, 0, []
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
                 row = evaluation(step, run_dir)
-                append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
-                if wandb:
-                    media = {"eval/video": wandb.Video(video_file(run_dir, step))} if args.capture_video else {}
-                    wandb.log({**{f"eval/{k}": v for k, v in row.items() if k != "step"}, **media}, step=step)
+                logger.log("eval", row, video=video_file(run_dir, step) if args.capture_video else "")
                 last_eval = {k: v for k, v in row.items() if k != "step"}
             if args.save_model:
-                save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, obs_stats, args)
+                save()
                 if args.save_every_eval:
                     shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
             progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, obs_stats, args)
+        save()
     eval_envs.close()
     if env is not None:
         env.close()
-    if wandb:
-        wandb.finish()
+    logger.close()
     progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 

@@ -1,18 +1,16 @@
 # MVP: "Mean Flow Policy with Instantaneous Velocity Constraint for One-step Action Generation" (ICLR 2026 Oral)
 # paper: https://arxiv.org/abs/2602.13810 (no official code). The training framework is reconstructed from Q-chunking
 # (QC, https://github.com/ColinQiyangLi/qc, built on https://github.com/seohongpark/fql): its sequence sampling,
-# best-of-N actor, networks and defaults.
-# spec: shared/specs/mvp.md ("spec §N" below); data and envs: shared/specs/data_and_envs.md ("data §N")
+# best-of-N actor, networks and defaults ([reconstructed] below: not reported by the paper).
 #
-# Time convention of the paper: t=0 is noise, t=1 is the action. u(a_t, t, r, s) is the mean velocity over [t, r],
-# t <= r. One step gives an action chunk a = clip(e + u(e, 0, 1, s)), e ~ N(0, I); N such chunks are scored by the
-# ensemble-mean Q and the best is executed open-loop (generate-and-select). No Q-gradient reaches the generator: it only
-# regresses on buffer chunks (L_MF + lambda L_IVC); improvement comes from the selection alone (spec §2).
-#
-# Datasets: OGBench singletask tasks (the paper's cube-double/cube-triple) and Minari D4RL ids. The paper's Robomimic
-# tasks (lift, can, square) are not supported: their multi-human low_dim_v15.hdf5 files are neither Minari nor OGBench
-# datasets (they come from robomimic's own server), and their environments need the robomimic and robosuite packages,
-# which are not dependencies of this project.
+# Time convention of the paper: t=0 is noise, t=1 is the action; u(a_t, t, r, s) is the mean velocity over [t, r].
+# Alg. 1 (Mean Flow RL), as implemented here:
+#   GenSelect(s; Q): a_i = clip(e_i + u(e_i, 0, 1, s), -1, 1), e_i ~ N(0, I), i = 1..N; argmax_i mean_k Q_k(s, a_i)
+#   update (compute_losses): L_Q (Eq. 20) with y = sum_{i<h} gamma^i r_i + gamma^h m Q'(s_{+h}, GenSelect(s_{+h}))
+#       + L_MF (Eq. 9) + lambda L_IVC (Eq. 15) on buffer chunks of h actions; no Q-gradient reaches u
+#   main: B <- D_offline; offline updates; online, execute GenSelect(s; Q)'s chunk open-loop, store it in B, update
+# Improvement comes from the selection alone (Theorem 1). Datasets: OGBench singletask tasks (the paper's cube tasks)
+# and Minari D4RL ids; not Robomimic.
 import copy
 import itertools
 import json
@@ -31,7 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
 
 # torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
-# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+# (results/README.md "Threads on a shared machine"). Read when torch loads; OMP_WAIT_POLICY=ACTIVE overrides it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
@@ -46,138 +44,70 @@ ALGO = "mvp"
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """experiment name; part of the run name"""
-    seed: int = 1
-    """RNG seed for python, numpy and torch"""
-    torch_deterministic: bool = True
-    """set cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when available"""
-    track: bool = False
-    """log to Weights & Biases (works with WANDB_MODE=offline)"""
-    wandb_project_name: str = "meanflow-rl"
-    """W&B project"""
-    wandb_entity: Optional[str] = None
-    """W&B entity (team); None means the default entity"""
-    save_model: bool = False
-    """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
-    resume: Optional[str] = None
-    """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments (an
-    online episode in progress at the checkpoint is cut there and a new one starts)"""
-    save_every_eval: bool = False
-    """with --save-model, also keep model_{step}.pt at every evaluation"""
-    eval_only: bool = False
-    """with --resume: evaluate the checkpoint's policy (--eval-episodes episodes, its own settings) without training;
-    the summary is printed and written next to it as {checkpoint}_eval.json"""
-    output_dir: str = "runs"
-    """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
-    compile: bool = False
-    """torch.compile the whole gradient step (on CUDA also captured in CUDA graphs) and the action selection"""
-    tf32: bool = True
-    """CUDA: TF32 matmuls (about 10 significant bits, much faster on Ampere and later GPUs); --no-tf32 for full FP32"""
-
-    # --- data and schedule (spec §4-§5) ---
-    env_id: str = "cube-double-play-singletask-task2-v0"
-    """short alias (see ALIASES), a Minari dataset id, or an OGBench singletask name"""
-    dataset_dir: str = "~/.ogbench/data"
-    """where OGBench .npz datasets are looked for (Minari uses $MINARI_DATASETS_PATH)"""
-    offline_steps: int = 1_000_000
-    """gradient steps on the offline dataset"""
-    online_steps: int = 1_000_000
-    """environment steps of online fine-tuning after the offline phase (UTD 1)"""
-    online_start_steps: int = 5000
-    """online environment steps before online updates begin (QC's start_training)"""
-    batch_size: int = 256
-    """action chunks per gradient step"""
-    eval_interval: int = 100_000
-    """evaluate every this many steps (gradient steps offline, environment steps online) and at the end"""
-    eval_episodes: int = 50
-    """episodes per evaluation; 0 skips evaluation (checkpoints are still written)"""
-    eval_workers: int = 0
-    """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
-    processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
-    capture_video: bool = False
-    """record the first episode of each evaluation to {run_dir}/videos/eval_{step}.mp4 (and wandb with --track); needs
-    moviepy (requirements-video.txt) and offscreen rendering (headless MuJoCo: MUJOCO_GL=egl or osmesa)"""
-    log_interval: int = 5000
-    """write train.jsonl and print progress every this many steps"""
-    reward_bias: Optional[float] = None
-    """added to every reward offline and online; None = -1 for AntMaze (data §9), 0 otherwise"""
-    antmaze_goal: Literal["observe", "relabel"] = "observe"
-    """AntMaze: 'observe' keeps each episode's goal in the observation, with Minari's rewards for it; 'relabel' drops
-    it and rewards reaching the eval goal, D4RL-style (README "--env-id")"""
-
-    # --- algorithm (spec §2-§3, §5, §7; [reconstructed] = not reported by the paper) ---
-    discount: float = 0.99
-    """discount gamma [reconstructed, QC]"""
-    horizon: int = 5
-    """action chunk length h; 1 disables chunking [reconstructed, QC]"""
-    num_samples: int = 32
-    """N, one-step candidate chunks per generate-and-select [reconstructed, QC's best-of-N]"""
-    ivc_coef: float = 1.0
-    """lambda, weight of the instantaneous velocity constraint L_IVC (paper Eq. 19)"""
-    select_critic: Literal["online", "target"] = "online"
-    """critic that picks the best of the N candidates of the next chunk inside the TD target, which the target critic
-    then values; acting always picks with the online critic (QC's agents/acfql.py: best-of-N picks with the online
-    critic in both places)"""
-    time_sampler: Literal["uniform", "logit_normal"] = "uniform"
-    """distribution of t, r: U(0,1), or MeanFlow's logit-normal mirrored to this time axis [reconstructed]"""
-    time_mu: float = -0.4
-    """logit-normal sampler: mean of the normal before the sigmoid (MeanFlow's value)"""
-    time_sigma: float = 1.0
-    """logit-normal sampler: std of the normal before the sigmoid (MeanFlow's value)"""
-    mf_diag_ratio: float = 0.0
-    """fraction of L_MF samples with r = t [reconstructed]"""
-    adaptive_p: float = 0.0
-    """MeanFlow's adaptive loss weight (err + c)^-p on L_MF and L_IVC; 0 = plain MSE [reconstructed]"""
-    adaptive_c: float = 1e-3
-    """c in the adaptive loss weight (MeanFlow's value)"""
-    time_embedding: Literal["raw", "sinusoidal"] = "raw"
-    """network time input: raw t and r, or 64 sinusoidal features of each (QC's FourierFeatures) [reconstructed]"""
-    lr: float = 3e-4
-    """Adam learning rate of actor and critic [reconstructed, QC]"""
-    tau: float = 0.005
-    """Polyak rate of the target critic"""
-    actor_hidden_dim: int = 512
-    """mean-velocity MLP width [reconstructed, QC]"""
-    actor_layers: int = 4
-    """mean-velocity MLP hidden layers (Dense, GELU; no LayerNorm)"""
-    critic_hidden_dim: int = 512
-    """critic MLP width"""
-    critic_layers: int = 4
-    """critic hidden layers (Dense, GELU, LayerNorm)"""
-    num_critics: int = 2
-    """critic ensemble size"""
+    env_id: str = "cube-double-play-singletask-task2-v0"  # OGBench singletask name, Minari dataset id or ALIASES key
+    offline_steps: int = 1_000_000  # gradient steps on the offline dataset (QC)
+    online_steps: int = 1_000_000  # environment steps of online fine-tuning after the offline phase, UTD 1 (QC)
+    seed: int = 1  # RNG seed for python, numpy and torch
+    eval_interval: int = 100_000  # evaluate every this many steps (gradient steps offline, env steps online) and at end
+    eval_episodes: int = 50  # episodes per evaluation; 0 skips evaluation (checkpoints are still written)
+    eval_workers: int = 0  # 0: all evaluation episodes at once in this process; N > 0: in N processes, in waves of N
+    capture_video: bool = False  # record each evaluation's first episode to {run_dir}/videos/ (moviepy; MUJOCO_GL)
+    log_interval: int = 5000  # write train.jsonl and print progress every this many steps
+    save_model: bool = False  # write {run_dir}/model.pt at every evaluation and when stopped by Ctrl-C
+    save_every_eval: bool = False  # with --save-model, also keep model_{step}.pt at every evaluation
+    resume: Optional[str] = None  # a model.pt to continue, in its run directory and with its arguments
+    eval_only: bool = False  # with --resume: only evaluate the checkpoint; the summary goes to {checkpoint}_eval.json
+    output_dir: str = "runs"  # runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # experiment name; part of the run name
+    track: bool = False  # log to Weights & Biases (works with WANDB_MODE=offline)
+    wandb_project_name: str = "meanflow-rl"  # W&B project
+    wandb_entity: Optional[str] = None  # W&B entity (team); None: the default entity
+    dataset_dir: str = "~/.ogbench/data"  # where OGBench .npz datasets are looked for (Minari: $MINARI_DATASETS_PATH)
+    reward_bias: Optional[float] = None  # added to every reward offline and online; None: -1 for AntMaze (FQL), else 0
+    antmaze_goal: Literal["observe", "relabel"] = "observe"  # AntMaze: keep each episode's goal, or D4RL's fixed goal
+    cuda: bool = True  # use CUDA when available
+    compile: bool = False  # torch.compile the whole gradient step (on CUDA also captured in CUDA graphs)
+    tf32: bool = True  # CUDA: TF32 matmuls (much faster on Ampere and later); --no-tf32 for full FP32
+    torch_deterministic: bool = True  # set cudnn.deterministic
+    # --- algorithm (Alg. 1); the defaults are QC's (agents/acfql.py, main.py) [reconstructed] unless cited ---
+    horizon: int = 5  # action chunk length h, executed open-loop; 1 disables chunking
+    num_samples: int = 32  # N, one-step candidate chunks per GenSelect (QC's best-of-N)
+    ivc_coef: float = 1.0  # lambda, weight of the instantaneous velocity constraint L_IVC (Eq. 19; the paper's value)
+    discount: float = 0.99  # discount gamma
+    batch_size: int = 256  # action chunks per gradient step
+    lr: float = 3e-4  # Adam learning rate of actor and critic
+    tau: float = 0.005  # Polyak rate of the target critic
+    online_start_steps: int = 5000  # online environment steps before online updates begin (QC's start_training)
+    actor_hidden_dim: int = 512  # mean-velocity MLP width
+    actor_layers: int = 4  # mean-velocity MLP hidden layers (Dense, GELU; no LayerNorm)
+    critic_hidden_dim: int = 512  # critic MLP width
+    critic_layers: int = 4  # critic hidden layers (Dense, GELU, LayerNorm)
+    num_critics: int = 2  # critic ensemble size
+    # --- rarely changed: reconstructed constants and ablation switches ---
+    select_critic: Literal["online", "target"] = "online"  # critic that picks the TD target's next chunk (QC: online)
+    time_sampler: Literal["uniform", "logit_normal"] = "uniform"  # t, r ~ U(0, 1), or MeanFlow's logit-normal, mirrored
+    time_mu: float = -0.4  # logit-normal sampler: mean of the normal before the sigmoid (MeanFlow's value)
+    time_sigma: float = 1.0  # logit-normal sampler: std of the normal before the sigmoid (MeanFlow's value)
+    mf_diag_ratio: float = 0.0  # fraction of L_MF samples with r = t
+    adaptive_p: float = 0.0  # MeanFlow's adaptive loss weight (err + c)^-p on L_MF and L_IVC; 0: plain MSE
+    adaptive_c: float = 1e-3  # c of the adaptive loss weight (MeanFlow's value)
+    time_embedding: Literal["raw", "sinusoidal"] = "raw"  # time input: raw t and r, or 64 Fourier features (QC's)
 
 
 # ======================================================================================================================
-# Data and environments (data §3-§9)
+# PLUMBING (TRY NOT TO MODIFY): task tables, the shared data layer, the chunk replay buffer
 # ======================================================================================================================
-_ANTMAZE = {
-    "umaze": "umaze",
-    "umaze-diverse": "umaze-diverse",
-    "medium-play": "medium-play",
-    "medium-diverse": "medium-diverse",
-    "large": "large-play",
-    "large-play": "large-play",
-    "large-diverse": "large-diverse",
-}
-ALIASES: dict[str, str] = {
+_ANTMAZE = {"umaze": "umaze", "umaze-diverse": "umaze-diverse", "medium-play": "medium-play",
+            "medium-diverse": "medium-diverse", "large": "large-play", "large-play": "large-play",
+            "large-diverse": "large-diverse"}  # fmt: skip
+ALIASES: dict[str, str] = {  # short --env-id aliases -> Minari dataset ids; the paper's tasks are OGBench names
     **{f"antmaze-{k}": f"D4RL/antmaze/{v}-v1" for k, v in _ANTMAZE.items()},
     **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
-    **{
-        f"{e}-{k}": f"D4RL/{e}/{k}-v2"
-        for e in ("pen", "door", "hammer", "relocate")
-        for k in ("human", "cloned", "expert")
-    },
-    **{
-        f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2"
-        for m in ("open", "umaze", "medium", "large")
-        for d in ("", "-dense")
-    },
-}
-"""short --env-id aliases -> Minari dataset ids (data §4); the paper's own tasks are OGBench singletask names"""
+    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in ("pen", "door", "hammer", "relocate")
+       for k in ("human", "cloned", "expert")},
+    **{f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2" for m in ("open", "umaze", "medium", "large")
+       for d in ("", "-dense")},
+}  # fmt: skip
 
 
 def resolve_dataset_id(env_id: str) -> str:
@@ -199,13 +129,13 @@ def resolve_dataset_id(env_id: str) -> str:
     )
 
 
-# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_data.py checks it) ---
+# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_cli.py checks it) ---
 D4RL_GOAL_RADIUS = 0.5  # D4RL's AntMaze goal radius (relabel_antmaze_rewards.py); gymnasium-robotics uses 0.45
 STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not the real data): id pattern -> command
     r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
     r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
     r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
-    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (README "Results")
+    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (results/README.md)
 }
 
 
@@ -213,15 +143,23 @@ class DatasetError(Exception):
     """An expected, user-fixable problem (unknown id, missing or broken dataset); printed without a traceback."""
 
 
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 @dataclass
 class Task:
+    """A dataset and its env. data: observations, actions in [-1, 1], rewards, masks, dones, next_observations
+    (None with --eval-only); val_data: OGBench's validation split; flatten_obs: env observation -> the data's layout;
+    normalized_score: raw returns -> score x100, where the dataset has one."""
+
     dataset_id: str
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
-    data: Optional[dict[str, np.ndarray]]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
-    val_data: Optional[dict[str, np.ndarray]]  # OGBench's validation split (Minari has none)
-    make_env: Callable[..., gym.Env]  # the evaluation (and online) environment; kwargs go to gym.make
-    flatten_obs: Callable[[object], np.ndarray]  # env observation -> the layout of data["observations"]
-    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]  # raw returns -> score x100
+    data: Optional[dict[str, np.ndarray]]
+    val_data: Optional[dict[str, np.ndarray]]
+    make_env: Callable[..., gym.Env]  # kwargs go to gym.make (render_mode)
+    flatten_obs: Callable[[object], np.ndarray]
+    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
     action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
     action_high: Optional[np.ndarray] = None
     reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
@@ -241,10 +179,8 @@ def is_ogbench_name(env_id: str) -> bool:
 
 
 def dataset_family(dataset_id: str) -> str:
-    if is_ogbench_name(dataset_id):
-        return "ogbench"
-    if dataset_id.startswith("mujoco/"):
-        return "mujoco"
+    if is_ogbench_name(dataset_id) or dataset_id.startswith("mujoco/"):
+        return "ogbench" if is_ogbench_name(dataset_id) else "mujoco"
     family = dataset_id.split("/")[1] if dataset_id.startswith("D4RL/") else "minari"
     return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
 
@@ -273,8 +209,7 @@ def load_dataset(
     for split, data in (("", task.data), (" (validation split)", task.val_data)):
         if data is None:
             continue
-        n = len(data["rewards"])
-        if n == 0:
+        if (n := len(data["rewards"])) == 0:
             raise DatasetError(f"'{dataset_id}'{split} has no transitions")
         for key, shape in expected.items():
             if data[key].shape[1:] != shape:
@@ -283,17 +218,13 @@ def load_dataset(
                     f"({env.spec.id if env.spec else env}) has {shape}. Is the dataset from another env or version?"
                 )
         for key, v in data.items():
-            bad = ~np.isfinite(v.reshape(n, -1)).all(1)
-            if bad.any():
-                raise DatasetError(
-                    f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} (first at index "
-                    f"{bad.argmax()})"
-                )
+            if (bad := ~np.isfinite(v.reshape(n, -1)).all(1)).any():
+                where = f"(first at index {bad.argmax()})"
+                raise DatasetError(f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} {where}")
         # actions -> [-1, 1] from the env's bounds (exactly the identity for [-1, 1]); clipped to +-(1 - 1e-5) as in FQL
         mid, half = (task.action_high + task.action_low) / 2, (task.action_high - task.action_low) / 2
         unit = (data["actions"] - mid) / half
-        outside = (np.abs(unit) > 1 + 1e-3).any(1)
-        if outside.any():
+        if (outside := (np.abs(unit) > 1 + 1e-3).any(1)).any():
             print(
                 f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
                 f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.05% of their range; clipped"
@@ -303,37 +234,34 @@ def load_dataset(
     return task
 
 
-def minari_offline_error(dataset_id: str, root: str, reason: str) -> DatasetError:
-    text = (
-        f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
-        f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
-    )
-    for pattern, script in STAND_INS.items():
-        if re.fullmatch(pattern, dataset_id):
-            text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
-    return DatasetError(text)
-
-
 def download_minari(dataset_id: str, root: str) -> None:
     """Download from Minari's remote, failing at once when there is no network (not after ~25 s of retries)."""
     import minari
 
     remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
     host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        raise minari_offline_error(dataset_id, root, "HF_HUB_OFFLINE is set")
-    if host is not None:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    reason = "HF_HUB_OFFLINE is set" if offline else ""
+    if host is not None and not reason:
         try:
             socket.create_connection((host, 443), timeout=5).close()
         except OSError as e:
-            raise minari_offline_error(dataset_id, root, f"{host} cannot be reached to download it ({e})") from None
+            reason = f"{host} cannot be reached to download it ({e})"
+    if reason:
+        text = (
+            f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
+            f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
+        )
+        for pattern, script in STAND_INS.items():
+            if re.fullmatch(pattern, dataset_id):
+                text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
+        raise DatasetError(text)
     try:
         minari.download_dataset(dataset_id)
     except Exception as e:  # unknown remote id, missing optional package, ...
         raise DatasetError(
             f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded from {remote} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). `minari list remote` lists "
-            "the ids there."
+            f"({first_line(e)}). `minari list remote` lists the ids there."
         ) from None
 
 
@@ -341,19 +269,16 @@ def antmaze_eval_map(ds: object, dataset_id: str) -> Optional[list]:
     """Minari's umaze eval maps (umaze and umaze-diverse) are walled unlike the maze the data come from: the gap in the
     middle wall is on the other side (Minari issue #304). Rotated by 180 degrees, the eval map has the data's walls and
     the same task (start and goal cells relative to the walls); return that map, or None when the walls agree."""
-    maps = []
+    walls = []
     for eval_env in (False, True):
         env = ds.recover_environment(eval_env=eval_env)
-        maps.append(env.unwrapped.maze.maze_map)
+        walls.append([[c == 1 for c in row] for row in env.unwrapped.maze.maze_map])
+        eval_map = env.unwrapped.maze.maze_map
         env.close()
-
-    def walls(m: list) -> list:
-        return [[c == 1 for c in row] for row in m]
-
-    if walls(maps[0]) == walls(maps[1]):
+    if walls[0] == walls[1]:
         return None
-    rotated = [row[::-1] for row in maps[1][::-1]]
-    if walls(rotated) != walls(maps[0]):
+    rotated = [row[::-1] for row in eval_map[::-1]]
+    if [[c == 1 for c in row] for row in rotated] != walls[0]:
         raise DatasetError(f"'{dataset_id}': the eval env's maze is walled unlike the data's maze")
     print(f"notice: {dataset_id}: evaluating on the eval map rotated by 180 degrees, which has the data's walls")
     return rotated
@@ -375,8 +300,7 @@ class FixedGoalAntMaze(gym.Wrapper):
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         obs, _, _, truncated, info = self.env.step(action)
-        reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
-        info["success"] = reached
+        info["success"] = reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
         return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
 
 
@@ -387,21 +311,20 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
 
     gym.register_envs(gymnasium_robotics)
     root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
-    path = os.path.join(root, dataset_id)
-    if not os.path.exists(os.path.join(path, "data", "metadata.json")):
+    if not os.path.exists(os.path.join(root, dataset_id, "data", "metadata.json")):
         download_minari(dataset_id, root)
     try:
         ds = minari.load_dataset(dataset_id)
         episodes = list(ds.iterate_episodes()) if with_data else []
     except Exception as e:
         raise DatasetError(
-            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
-            f"download it again: minari delete {dataset_id}; minari download {dataset_id}"
+            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({first_line(e)}); is it "
+            f"corrupt or partly downloaded? Delete it and download it again: minari delete {dataset_id}; minari "
+            f"download {dataset_id}"
         ) from None
     family = dataset_family(dataset_id)
     relabel = family == "antmaze" and antmaze_goal == "relabel"
-    # goal dicts -> vectors (README "--env-id"). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
+    # goal dicts -> vectors (algos/README.md). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
     # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
     # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
     keys = {
@@ -421,9 +344,7 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
         env = ds.recover_environment(eval_env=True, **eval_kwargs)
         goal = np.array(env.unwrapped.maze.unique_goal_locations[0])  # the eval map's goal cell, without noise
         env.close()
-    parts: dict[str, list] = {
-        k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")
-    }
+    parts = {k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")}
     for ep in episodes:  # episodes -> transitions: observations have T+1 rows
         o = flatten_obs(ep.observations)
         rewards, terminals = ep.rewards.astype(np.float32), ep.terminations.astype(bool)
@@ -432,12 +353,11 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
             rewards = terminals.astype(np.float32)
         dones = terminals | ep.truncations.astype(bool)
         dones[-1] = True  # an episode always ends at its last row, flagged or not
-        parts["observations"].append(o[:-1])
-        parts["next_observations"].append(o[1:])
-        parts["actions"].append(ep.actions.astype(np.float32).reshape(len(rewards), -1))
-        parts["rewards"].append(rewards)
-        parts["masks"].append(1.0 - terminals.astype(np.float32))  # timeouts bootstrap
-        parts["dones"].append(dones.astype(np.float32))
+        row = dict(observations=o[:-1], next_observations=o[1:], rewards=rewards, dones=dones.astype(np.float32),
+                   actions=ep.actions.astype(np.float32).reshape(len(rewards), -1),
+                   masks=1.0 - terminals.astype(np.float32))  # timeouts bootstrap  # fmt: skip
+        for k, v in row.items():
+            parts[k].append(v)
     data = {k: np.concatenate(v) for k, v in parts.items()} if episodes else {k: np.zeros((0, 1)) for k in parts}
     if relabel:  # the return is 0 or 1 (the episode ends at the goal): D4RL's AntMaze score, ref scores 0 and 1
         normalized_score = lambda r: 100.0 * np.asarray(r)  # noqa: E731
@@ -470,8 +390,7 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
     if not with_data:
         env.close()
         return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
-    dataset_dir = os.path.expanduser(dataset_dir)
-    splits = name.split("-")
+    dataset_dir, splits = os.path.expanduser(dataset_dir), name.split("-")
     base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
     path = os.path.join(dataset_dir, f"{base}.npz")
     if not (os.path.exists(path) and os.path.exists(path.replace(".npz", "-val.npz"))):
@@ -480,30 +399,23 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
         except Exception as e:
             raise DatasetError(
                 f"OGBench dataset '{base}' (for '{name}') is not at {path} (and its -val.npz), and could not be "
-                f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}).\n"
-                f"  On a machine with internet: python -c \"import ogbench; ogbench.download_datasets(['{base}'], "
-                f"'{dataset_dir}')\"  (or pass --dataset-dir where the .npz files are).\n"
-                f"  To create it locally with OGBench's scripted oracles: python scripts/make_ogbench_dataset.py "
-                f"--env-name {base} --dataset-dir {dataset_dir}"
+                f'downloaded ({first_line(e)}).\n  On a machine with internet: python -c "import ogbench; '
+                f"ogbench.download_datasets(['{base}'], '{dataset_dir}')\"  (or pass --dataset-dir where the .npz "
+                "files are).\n  To create it locally with OGBench's scripted oracles: python "
+                f"scripts/make_ogbench_dataset.py --env-name {base} --dataset-dir {dataset_dir}"
             ) from None
     try:  # singletask datasets: rewards and masks relabelled for the task by ogbench (relabel_utils.py)
         datasets = ogbench.make_env_and_datasets(name, dataset_path=path, dataset_only=True, cur_env=env)
     except Exception as e:
         raise DatasetError(
-            f"OGBench dataset {path} (or its -val.npz) cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
-            "download it again."
+            f"OGBench dataset {path} (or its -val.npz) cannot be read ({first_line(e)}); is it corrupt or partly "
+            "downloaded? Delete it and download it again."
         ) from None
     env.close()
-    train, val = (
-        {
-            **{
-                k: s[k].astype(np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")
-            },
-            "dones": s["terminals"].astype(np.float32),  # 1 at the last transition of each trajectory
-        }
-        for s in datasets
-    )
+    keys = ("observations", "actions", "rewards", "masks", "next_observations")
+    # dones: 1 at the last transition of each trajectory
+    train, val = ({**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
+                  for s in datasets)  # fmt: skip
     return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
 
 
@@ -511,12 +423,11 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
 
 
 class ReplayBuffer:
-    """All transitions, in order, as tensors on the training device; online transitions are appended (spec §4: the
-    buffer starts from the dataset). Samples chunks of h consecutive transitions, QC's `sample_sequence`."""
+    """All transitions in order, as tensors on the training device: the dataset, then the online transitions (Alg. 1:
+    B <- D_offline). Samples chunks of h consecutive transitions, QC's `sample_sequence`."""
 
     def __init__(self, data: dict[str, np.ndarray], capacity: int, device: torch.device):
-        self.size = len(data["rewards"])
-        self.offline_size = self.size
+        self.size = self.offline_size = len(data["rewards"])
         self.data = {}
         for k, v in data.items():
             v = torch.as_tensor(v, dtype=torch.float32)
@@ -533,9 +444,8 @@ class ReplayBuffer:
         return self.chunks(idx, horizon)
 
     def chunks(self, idx: torch.Tensor, horizon: int) -> dict[str, torch.Tensor]:
-        """Chunks starting at rows idx: the first observation, h actions flattened to [B, h * action_dim], per-step
-        rewards and masks [B, h], the observation after the last step, and valid [B, h]: position i is valid while
-        no episode ended before it, valid_i = 1 - max_{j<i} done_j (QC)."""
+        """Chunks starting at rows idx: the first observation, the h actions as [B, h * action_dim], rewards and masks
+        [B, h], the observation after the last step, and valid_i = 1 - max_{j<i} done_j [B, h] (QC)."""
         seq = idx[:, None] + torch.arange(horizon, device=idx.device)
         ended = self.data["dones"][seq[:, :-1]].cummax(dim=1).values
         return {
@@ -558,7 +468,7 @@ class ReplayBuffer:
 
 
 # ======================================================================================================================
-# Networks (spec §2 "Network", §5; QC's ActorVectorField and Value)
+# ALGO LOGIC: networks, QC's ActorVectorField and Value [reconstructed]
 # ======================================================================================================================
 def xavier_(linear: nn.Linear) -> nn.Linear:
     """variance_scaling(1, fan_avg, uniform) kernels and zero biases, the FQL/QC default."""
@@ -568,9 +478,8 @@ def xavier_(linear: nn.Linear) -> nn.Linear:
 
 
 class MeanVelocityField(nn.Module):
-    """u_theta(a_t, t, r, s): MLP on concat(s, a_t, emb(t), emb(r)) with GELU hidden layers, no LayerNorm and no output
-    squashing. a_t and the output are whole action chunks (h * action_dim). GELU is the exact one here and in the critic
-    (flax's default is the tanh approximation: within 1e-3 of it, and 3x slower on CPU)."""
+    """u_theta(a_t, t, r, s): MLP on concat(s, a_t, emb(t), emb(r)), GELU, no LayerNorm, no output squashing; a_t and
+    the output are whole chunks (h * action_dim). Exact GELU here and in the critic (flax's tanh one: within 1e-3)."""
 
     def __init__(
         self, obs_dim: int, chunk_dim: int, hidden_dim: int = 512, num_layers: int = 4, time_embedding: str = "raw"
@@ -628,10 +537,13 @@ class CriticEnsemble(nn.Module):
         return self.head(x).squeeze(-1)  # [E, B]
 
 
+# ======================================================================================================================
+# ALGO LOGIC: GenSelect (Alg. 1), the action of acting, evaluation and the TD target
+# ======================================================================================================================
 @torch.no_grad()
 def gen_select(actor: nn.Module, critic: nn.Module, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """GenSelect(s) (spec §2): N one-step chunks a_i = clip(e_i + u(e_i, 0, 1, s), -1, 1), e_i ~ N(0, I); returns the
-    a_i with the highest ensemble-mean Q for each observation. No gradient flows through the selection."""
+    """N one-step chunks a_i = clip(e_i + u(e_i, 0, 1, s), -1, 1), e_i ~ N(0, I); per observation the a_i with the
+    highest ensemble-mean Q. No gradient flows through the selection."""
     batch, chunk_dim = obs.shape[0], actor.head.out_features
     obs_n = obs.repeat_interleave(num_samples, dim=0)
     noise = torch.randn(batch * num_samples, chunk_dim, device=obs.device)
@@ -642,28 +554,27 @@ def gen_select(actor: nn.Module, critic: nn.Module, obs: torch.Tensor, num_sampl
 
 
 # ======================================================================================================================
-# Policy losses (spec §3): L_MF with one JVP, L_IVC on the diagonal r = t
+# ALGO LOGIC: policy losses, L_MF with one JVP (Eq. 8-9) and L_IVC on the diagonal r = t (Eq. 15)
 # ======================================================================================================================
 def u_and_total_derivative(
     actor: Callable, obs: torch.Tensor, a_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """u(a_t, t, r, s) and its total derivative du/dt = (∂u/∂a) v + ∂u/∂t along the path, from one forward-mode JVP
-    with tangents (v, 1, 0) on (a, t, r); the observation gets no tangent."""
+    """u(a_t, t, r, s) and du/dt = (∂u/∂a) v + ∂u/∂t from one forward-mode JVP, tangents (v, 1, 0) on (a, t, r)."""
     return torch.func.jvp(
         lambda a_, t_, r_: actor(obs, a_, t_, r_), (a_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r))
     )
 
 
 def sample_time(n: int, args: Args, device: torch.device) -> torch.Tensor:
-    """t ~ U(0, 1), or MeanFlow's logit-normal sigmoid(N(mu, sigma)) mirrored as 1 - t: MeanFlow puts the data at t=0,
-    MVP at t=1 (spec §3) [reconstructed]."""
+    """t ~ U(0, 1), or MeanFlow's sigmoid(N(mu, sigma)) mirrored as 1 - t (MeanFlow puts the data at t=0, MVP at t=1)
+    [reconstructed]."""
     if args.time_sampler == "uniform":
         return torch.rand(n, 1, device=device)
     return 1 - torch.sigmoid(args.time_mu + args.time_sigma * torch.randn(n, 1, device=device))
 
 
 def sample_t_r(n: int, args: Args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, r) for L_MF: two draws sorted into t <= r; a fraction mf_diag_ratio gets r = t (spec §3) [reconstructed]."""
+    """(t, r) for L_MF: two draws sorted into t <= r; a fraction mf_diag_ratio gets r = t [reconstructed]."""
     t, r = sample_time(n, args, device), sample_time(n, args, device)
     t, r = torch.minimum(t, r), torch.maximum(t, r)
     return t, torch.where(torch.rand(n, 1, device=device) < args.mf_diag_ratio, t, r)
@@ -672,8 +583,8 @@ def sample_t_r(n: int, args: Args, device: torch.device) -> tuple[torch.Tensor, 
 def regression_loss(
     pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, adaptive_p: float = 0.0, adaptive_c: float = 1e-3
 ) -> torch.Tensor:
-    """Squared error, mean over the chunk's dims with positions past an episode end zeroed (QC's BC mask), then
-    MeanFlow's adaptive weight sg((err + c)^-p) per sample (p = 0: plain MSE), then mean over the batch."""
+    """Squared error, mean over the chunk's dims with positions past an episode end zeroed (QC's BC mask), times
+    MeanFlow's adaptive weight sg((err + c)^-p) per sample (p = 0: plain MSE), mean over the batch."""
     batch, horizon = valid.shape
     err = ((pred - target).pow(2).view(batch, horizon, -1) * valid[:, :, None]).flatten(1).mean(1)
     return (err * (err.detach() + adaptive_c).pow(-adaptive_p)).mean()
@@ -690,8 +601,8 @@ def meanflow_loss(
     adaptive_p: float = 0.0,
     adaptive_c: float = 1e-3,
 ) -> torch.Tensor:
-    """L_MF (paper Eq. 9): ||u(a_t, t, r, s) - sg(v + (r - t) du/dt)||^2 on the path a_t = (1 - t) e + t a*, v = a* - e.
-    The target follows from the identity u = v + (r - t) du/dt (Eq. 8)."""
+    """L_MF (Eq. 9): ||u(a_t, t, r, s) - sg(v + (r - t) du/dt)||^2 on the path a_t = (1 - t) e + t a*, v = a* - e;
+    the target is the identity u = v + (r - t) du/dt (Eq. 8)."""
     a_t = (1 - t) * noise + t * actions
     v = actions - noise
     u, du_dt = u_and_total_derivative(actor, obs, a_t, t, r, v)
@@ -708,14 +619,14 @@ def ivc_loss(
     adaptive_p: float = 0.0,
     adaptive_c: float = 1e-3,
 ) -> torch.Tensor:
-    """L_IVC (paper Eq. 15): ||u(a_t, t, t, s) - v||^2, conditional flow matching on the diagonal r = t; it fixes the
-    boundary condition u(a, t, t) = v(a, t) that L_MF alone leaves free (Theorems 2-3)."""
+    """L_IVC (Eq. 15): ||u(a_t, t, t, s) - v||^2, flow matching on r = t; it fixes the boundary condition
+    u(a, t, t) = v(a, t) that L_MF alone leaves free (Theorems 2-3)."""
     a_t = (1 - t) * noise + t * actions
     return regression_loss(actor(obs, a_t, t, t), actions - noise, valid, adaptive_p, adaptive_c)
 
 
 # ======================================================================================================================
-# Critic target (paper Eq. 20 with QC's chunked n-step backup) and one update (spec §4)
+# ALGO LOGIC: critic loss (Eq. 20 with QC's chunked n-step backup) and one update of the Agent (Alg. 1)
 # ======================================================================================================================
 def chunk_target(rewards: torch.Tensor, masks: torch.Tensor, next_q: torch.Tensor, discount: float) -> torch.Tensor:
     """y = sum_{i<h} gamma^i r_i + gamma^h (prod_i m_i) Q'(s_{+h}, a*_{+h}) (QC): no bootstrap once any step in the
@@ -736,11 +647,10 @@ def compute_losses(
     args: Args,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Total loss L_Q + L_MF + lambda L_IVC (the two parameter sets are disjoint) and the METRICS as one tensor."""
-    obs, actions, valid = batch["observations"], batch["actions"], batch["valid"]
-    next_obs = batch["next_observations"]
+    obs, actions, valid, next_obs = batch["observations"], batch["actions"], batch["valid"], batch["next_observations"]
 
-    # critic: the next chunk is GenSelect(s_{+h}) (picked by the online critic unless --select-critic target), valued
-    # by the target critic's ensemble mean (Eq. 20; QC's agents/acfql.py critic_loss)
+    # critic: the next chunk is GenSelect(s_{+h}), picked by the online critic unless --select-critic target, valued
+    # by the target critic's ensemble mean (Eq. 20; QC's agents/acfql.py::critic_loss)
     with torch.no_grad():
         selector = critic_target if args.select_critic == "target" else critic
         next_q = critic_target(next_obs, gen_select(actor, selector, next_obs, args.num_samples)).mean(0)
@@ -748,12 +658,12 @@ def compute_losses(
     q = critic(obs, actions)
     critic_loss = (valid[:, -1] * (q - y).pow(2)).mean()
 
-    # policy: mean-velocity regression on buffer chunks, L_MF + lambda L_IVC (Eq. 19); no Q term (spec §2-§3)
+    # policy: mean-velocity regression on buffer chunks, L_MF + lambda L_IVC (Eq. 19); no Q term
     t, r = sample_t_r(len(obs), args, obs.device)
     noise = torch.randn(actions.shape, device=obs.device)  # randn, not randn_like, which torch.compile's CSE merges
     mf = meanflow_loss(actor, obs, actions, noise, t, r, valid, args.adaptive_p, args.adaptive_c)
-    t_ivc = sample_time(len(obs), args, obs.device)  # an independent t for L_IVC (spec §3)
-    noise = torch.randn(actions.shape, device=obs.device)  # and an independent noise
+    t_ivc = sample_time(len(obs), args, obs.device)  # an independent t and noise for L_IVC [reconstructed]
+    noise = torch.randn(actions.shape, device=obs.device)
     ivc = ivc_loss(actor, obs, actions, noise, t_ivc, valid, args.adaptive_p, args.adaptive_c)
 
     total = critic_loss + mf + args.ivc_coef * ivc
@@ -778,8 +688,7 @@ class Agent:
         self.update = compile_update(self.gradient_step, args, device)
 
     def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One gradient step on all losses, then the Polyak update (what --compile compiles); returns the METRICS
-        tensor (no host sync)."""
+        """All losses, one Adam step, the Polyak update (what --compile compiles); the METRICS tensor (no host sync)."""
         total, metrics = compute_losses(self.actor, self.critic, self.critic_target, batch, self.args)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -789,7 +698,7 @@ class Agent:
         return metrics
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """GenSelect with the online critic: one action chunk [B, h * action_dim] per observation (spec §4)."""
+        """Normalised observations [n, obs_dim] -> GenSelect chunks [n, h * action_dim] in [-1, 1] (online critic)."""
         return gen_select(self.actor, self.critic, obs, self.args.num_samples)
 
     def state_dict(self) -> dict:
@@ -801,7 +710,7 @@ class Agent:
 
 
 # ======================================================================================================================
-# Training loop (spec §4)
+# PLUMBING (TRY NOT TO MODIFY): arguments, checkpoints, logging, evaluation (the same in the four scripts)
 # ======================================================================================================================
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
@@ -809,12 +718,10 @@ class UsageError(Exception):
 
 
 NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
-FIXED_ON_RESUME = (
-    "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
-    " compile"
-)
-"""flags (or parts of their names) that a resumed run cannot change: the task, the shapes of the networks, and
---compile (whose optimisers keep their learning rates in tensors)"""
+# flags (or parts of their names) a resumed run cannot change: the task, the network shapes, and --compile (whose
+# optimisers keep their learning rates in tensors)
+FIXED_ON_RESUME = "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb"
+FIXED_ON_RESUME += " shared_time_mlp compile"
 
 
 def flag(name: str) -> str:
@@ -856,8 +763,7 @@ def check_args(args: object) -> None:
 
 def parse_cli(args_type: type) -> tuple[object, set[str]]:
     """tyro's Args, and the names of the flags given on the command line (a resumed run keeps the others)."""
-    names = {f.name for f in fields(args_type)}
-    given = set()
+    names, given = {f.name for f in fields(args_type)}, set()
     for token in sys.argv[1:]:
         name = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else ""
         given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
@@ -865,20 +771,17 @@ def parse_cli(args_type: type) -> tuple[object, set[str]]:
 
 
 def read_checkpoint(path: str, algo: str) -> dict:
-    """The checkpoint, loaded on the CPU (RNG states must stay CPU tensors; load_state_dict moves the rest), checked
-    before any dataset is loaded."""
+    """The checkpoint, loaded on the CPU (the RNG states must stay CPU tensors), checked before any data is loaded."""
     if not os.path.exists(path):
         raise UsageError(f"--resume {path}: no such file")
-    if os.path.isdir(path):
-        raise UsageError(f"--resume {path} is a directory; pass the model.pt inside a run directory")
-    if os.path.getsize(path) == 0:
-        raise UsageError(f"--resume {path} is empty")
+    if os.path.isdir(path) or os.path.getsize(path) == 0:
+        what = "is a directory; pass the model.pt inside a run directory" if os.path.isdir(path) else "is empty"
+        raise UsageError(f"--resume {path} {what}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise UsageError(
-            f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
-        ) from None
+        error = f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
+        raise UsageError(error) from None
     if not isinstance(ckpt, dict) or "algo" not in ckpt or "args" not in ckpt:
         raise UsageError(f"--resume {path} is not a checkpoint of algos/{algo}.py")
     if ckpt["algo"] != algo:
@@ -891,17 +794,15 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     apply with a notice; the task and the network shapes cannot change."""
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    given -= {"resume", "eval_only"}
-    merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
-    merged["eval_only"] = args.eval_only
-    for name in sorted(given & set(saved)):
+    merged = {f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}
+    merged.update(resume=args.resume, eval_only=args.eval_only)
+    for name in sorted((given - {"resume", "eval_only"}) & set(saved)):
         new, old = getattr(args, name), saved[name]
-        if new == old:
-            continue
-        if any(part in name for part in FIXED_ON_RESUME.split()):
+        if new != old and any(part in name for part in FIXED_ON_RESUME.split()):
             raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
-        print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
-        merged[name] = new
+        if new != old:
+            print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
+            merged[name] = new
     return type(args)(**merged)
 
 
@@ -911,12 +812,10 @@ def check_writable(directory: str, what: str) -> None:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
         raise UsageError(f"cannot write to {what} {directory} ({e.strerror or e})") from None
-    free = shutil.disk_usage(existing).free
-    if free < 100 * 2**20:
+    if (free := shutil.disk_usage(existing).free) < 100 * 2**20:
         raise UsageError(f"{what} {directory} is on a disk with only {free / 2**20:.0f} MiB free")
 
 
@@ -950,6 +849,18 @@ def truncate_jsonl(path: str, max_step: int) -> None:
             f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= max_step)
 
 
+def seed_everything(args: object) -> torch.device:
+    """Seed python, numpy and torch; the training device: CUDA when present (and --cuda), with TF32 under --tf32."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    return device
+
+
 def rng_state() -> dict:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
@@ -963,8 +874,10 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(state: dict, path: str) -> None:
-    """Write to path.tmp, then rename: never a half-written checkpoint, and no stray .tmp after an interruption."""
+def save_checkpoint(path: str, step: int, agent: object, args: object, **state: object) -> None:
+    """One schema for the four scripts: the script, step, agent, arguments, RNG states and the script's other state
+    (replay buffer, observation statistics, env). Written to path.tmp and renamed: never half a checkpoint."""
+    state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), "rng": rng_state(), **state}
     try:
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
@@ -1018,12 +931,44 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
+def summary(row: dict, keys: Iterable[str]) -> str:
+    """'key value | key value' for those of `keys` that the row has."""
+    return " | ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
+
+
+class Logger:
+    """A run's rows: appended to run_dir/{kind}.jsonl (kind: train or eval), their numbers sent to W&B as {kind}/{key}
+    with --track (with the evaluation's video, if any), and printed as one line."""
+
+    def __init__(self, run_dir: str, args: object):
+        self.run_dir, self.wandb = run_dir, None
+        if args.track:
+            import wandb
+
+            name = os.path.basename(run_dir)
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=name,
+                       id=name[-128:], resume="allow", save_code=True)  # fmt: skip
+            self.wandb = wandb
+
+    def log(self, kind: str, row: dict, line: str = "", video: str = "") -> None:
+        append_jsonl(os.path.join(self.run_dir, f"{kind}.jsonl"), row)
+        if self.wandb:
+            media = {f"{kind}/video": self.wandb.Video(video)} if video else {}
+            numbers = {f"{kind}/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+            self.wandb.log({**numbers, **media}, step=row["step"])
+        if line:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.wandb:
+            self.wandb.finish()
+
+
 def make_eval_envs(
     make_env: Callable[..., gym.Env], num_episodes: int, workers: int, render: bool = False
 ) -> gym.vector.VectorEnv:
-    """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
-    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`. render: the
-    first copy renders rgb_array frames (--capture-video)."""
+    """One env copy per episode, stepped in this process (workers 0), or `workers` copies in as many processes
+    (AsyncVectorEnv, forked), which run the episodes in waves. render: the first copy renders rgb_array frames."""
     if workers == 0:
         first = (lambda: make_env(render_mode="rgb_array")) if render else make_env
         return gym.vector.SyncVectorEnv([first] + [make_env] * max(0, num_episodes - 1))
@@ -1033,45 +978,35 @@ def make_eval_envs(
 def evaluate(
     act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str = ""
 ) -> dict:
-    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
-    step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
-    open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
-    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
-    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is. video: a
-    path to write the first episode to as mp4 (the first env renders, see make_eval_envs)."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
-        return run_episodes(act, envs, num_episodes, seed, video)
-
-
-def run_episodes(
-    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str
-) -> dict:
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, one batched policy call per step:
+    act(all observations) -> env actions [n, action_dim], or chunks [n, h, action_dim] run open-loop. An episode that
+    ends is masked out until its wave ends. Returns raw returns, lengths and, where the env reports info['success'],
+    whether it was reached at any step (D4RL's terminate-at-goal semantics). The policy's noise comes from a stream
+    seeded by `seed`; training's stream is left as it is. video: write the first episode there as mp4."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
-    for start in range(0, num_episodes, n):
-        obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
-        active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
-        count = int(active.sum())
-        ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
-        recording = bool(video) and start == 0
-        frames += [envs.envs[0].render()] if recording else []
-        while active.any():
-            for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
-                obs, reward, terminated, truncated, info = envs.step(action)
-                if recording and active[0]:
-                    frames.append(envs.envs[0].render())
-                ret += np.where(active, reward, 0.0)
-                length += active
-                if "success" in info:
-                    got = active & info["_success"]
-                    success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
-                active &= ~(terminated | truncated)
-                if not active.any():
-                    break
-        returns += ret[:count].tolist()
-        lengths += length[:count].tolist()
-        successes += [s for s in success[:count] if not np.isnan(s)]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)  # the same noise for a checkpoint however it is reached (--eval-only)
+        for start in range(0, num_episodes, n):
+            obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+            active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
+            count, recording = int(active.sum()), bool(video) and start == 0
+            ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+            frames += [envs.envs[0].render()] if recording else []
+            while active.any():
+                for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                    obs, reward, terminated, truncated, info = envs.step(action)
+                    frames += [envs.envs[0].render()] if recording and active[0] else []
+                    ret += np.where(active, reward, 0.0)
+                    length += active
+                    if "success" in info:
+                        got = active & info["_success"]
+                        success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
+                    active &= ~(terminated | truncated)
+                    if not active.any():
+                        break
+            returns, lengths = returns + ret[:count].tolist(), lengths + length[:count].tolist()
+            successes += [s for s in success[:count] if not np.isnan(s)]
     if frames:
         from moviepy import ImageSequenceClip
 
@@ -1079,9 +1014,7 @@ def run_episodes(
         fps = envs.envs[0].metadata.get("render_fps", 30)
         ImageSequenceClip(frames, fps=fps).write_videofile(video, logger=None)
     out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
-    if successes:
-        out["success_rate"] = np.array(successes)
-    return out
+    return {**out, "success_rate": np.array(successes)} if successes else out
 
 
 def video_file(run_dir: str, step: int) -> str:
@@ -1093,9 +1026,7 @@ def check_video(make_env: Callable[..., gym.Env]) -> None:
     try:
         import moviepy  # noqa: F401
     except ImportError:
-        raise UsageError(
-            "--capture-video writes mp4 files with moviepy: pip install -r requirements-video.txt"
-        ) from None
+        raise UsageError("--capture-video writes mp4 with moviepy: pip install -r requirements-video.txt") from None
     try:
         env = make_env(render_mode="rgb_array")
         env.reset(seed=0)
@@ -1114,30 +1045,21 @@ def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
     """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
     path = os.path.splitext(checkpoint)[0] + "_eval.json"
     with open(path, "w") as f:
-        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
-                   "seed": args.seed}, f, indent=2)  # fmt: skip
+        out = {"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes}
+        json.dump({**out, "seed": args.seed}, f, indent=2)
     print(f"wrote {path}")
 
 
-def training_device(args: object) -> torch.device:
-    """CUDA when present (and --cuda), else the CPU; on CUDA, TF32 matmuls and convolutions with --tf32."""
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
-    return device
-
-
 def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
-    """Adam; with --compile its learning rate is a (float64) tensor, so that the compiled step does not recompile each
-    time a schedule moves it. The compiled step divides by the learning rate (a zero gradient at lr 0 gives NaN), so
-    no schedule here is at 0 while it trains."""
+    """Adam; under --compile its learning rate is a float64 tensor, so that moving it does not recompile the step. The
+    compiled step divides by it (a zero gradient at lr 0 gives NaN): no schedule here is at 0 while it trains."""
     return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
 
 
 def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
     """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
-    torch.compile; on CUDA with mode reduce-overhead, which replays it as CUDA graphs, one launch instead of hundreds.
-    The step returns its metrics tensor, copied: a CUDA graph overwrites its outputs on the next replay."""
+    torch.compile; on CUDA in mode reduce-overhead, replayed as CUDA graphs. Its metrics are copied: a CUDA graph
+    overwrites its outputs at the next replay."""
     if not args.compile:
         return train_step
     compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
@@ -1151,18 +1073,11 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 
 # --- end of the shared run plumbing ---
 
-
-def save_checkpoint(path: str, step: int, agent: Agent, buffer: ReplayBuffer, obs_stats: dict, args: Args) -> None:
-    state = {
-        "algo": ALGO,
-        "step": step,
-        "agent": agent.state_dict(),
-        "online_buffer": buffer.online_part(),
-        "obs_stats": obs_stats,
-        "args": asdict(args),
-        "rng": rng_state(),
-    }
-    save_atomic(state, path)
+# ======================================================================================================================
+# main: offline pre-training, then online fine-tuning with open-loop chunks (Alg. 1)
+# ======================================================================================================================
+EVAL_KEYS = ("episodic_return", "episodic_length", "success_rate", "normalized_score")
+LOG_KEYS = ("critic_loss", "mf_loss", "ivc_loss", "q_mean")  # the losses on the printed training line
 
 
 def main(args: Args, given: Optional[set[str]] = None) -> None:
@@ -1178,18 +1093,13 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         return
     if ckpt is None:
         check_writable(args.output_dir, "--output-dir")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = training_device(args)
+    device = seed_everything(args)
 
     default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # AntMaze rewards r - 1, as in FQL
     reward_bias = default_bias if args.reward_bias is None else args.reward_bias
     task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
     if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
         obs_stats = ckpt["obs_stats"]
-        obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
     else:
         data = task.data
         lengths = np.diff(np.flatnonzero(data["dones"]) + 1, prepend=0)  # episode lengths
@@ -1203,17 +1113,16 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
                 f"notice: {(lengths < args.horizon).sum()} of {len(lengths)} episodes are shorter than --horizon "
                 f"{args.horizon}; their chunks cross an episode end and are left out of the critic loss"
             )
-        # observation normalisation with fixed dataset statistics (data §5 / style §5; QC feeds raw observations)
-        obs_mean = data["observations"].mean(0)
-        obs_std = data["observations"].std(0)
-        obs_std[obs_std < 1e-6] = 1.0
-        obs_stats = {"mean": obs_mean, "std": obs_std}
+        # observations normalised with fixed dataset statistics [reconstructed; QC feeds raw observations]
+        std = data["observations"].std(0)
+        std[std < 1e-6] = 1.0
+        obs_stats = {"mean": data["observations"].mean(0), "std": std}
         for split in filter(None, (data, task.val_data)):
             for k in ("observations", "next_observations"):
-                split[k] = (split[k] - obs_mean) / obs_std
+                split[k] = (split[k] - obs_stats["mean"]) / obs_stats["std"]
         buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
         val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
-    obs_dim, action_dim = len(obs_mean), len(task.action_low)
+    obs_dim, action_dim = len(obs_stats["mean"]), len(task.action_low)
     agent = Agent(obs_dim, action_dim, args, device)
     step = 0
     if ckpt is not None:
@@ -1221,9 +1130,9 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         agent.load_state_dict(ckpt["agent"])
 
     def normalize(raw_obs: object) -> np.ndarray:
-        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
+        return (task.flatten_obs(raw_obs) - obs_stats["mean"]) / obs_stats["std"]
 
-    def act_chunk(raw_obs: object) -> np.ndarray:  # [n, h, action_dim] in [-1, 1]
+    def act_chunk(raw_obs: object) -> np.ndarray:  # env observations -> chunks [n, h, action_dim] in [-1, 1]
         obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
         return agent.act(obs_t).view(-1, args.horizon, action_dim).cpu().numpy()
 
@@ -1232,15 +1141,14 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
 
     def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation: its eval.jsonl row (normalized_score where the dataset has reference scores); with
-        --capture-video, its first episode in run_dir/videos/."""
+        """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
         print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
         video = video_file(run_dir, step) if args.capture_video else ""
         result = evaluate(lambda o: task.env_action(act_chunk(o)), eval_envs, args.eval_episodes, args.seed, video)
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
         if task.normalized_score is not None:
             row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
-        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+        print(summary(row, EVAL_KEYS))
         return row
 
     if args.eval_only:
@@ -1256,28 +1164,18 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             truncate_jsonl(os.path.join(run_dir, f), step)
     else:
         run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    run_name = os.path.basename(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
-
-    wandb = None
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=asdict(args),
-            name=run_name,
-            id=run_name.replace("/", "-")[-128:],
-            resume="allow",
-            save_code=True,
-        )
+    logger = Logger(run_dir, args)
     print(
         f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
-        f"obs {obs_dim}, action {action_dim} x horizon {args.horizon}, device {device}, run dir {run_dir}"
+        f"obs {obs_dim}, action {action_dim} x horizon {args.horizon}, device {device}, run dir {run_dir} "
+        "(arguments in its config.json)"
     )
-    print("| " + " | ".join(f"{k}={v}" for k, v in asdict(args).items()) + " |")
+
+    def save() -> None:
+        path = os.path.join(run_dir, "model.pt")
+        save_checkpoint(path, step, agent, args, online_buffer=buffer.online_part(), obs_stats=obs_stats)
 
     env = task.make_env() if args.online_steps > 0 else None
     progress = Progress()
@@ -1288,19 +1186,16 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
     while step < total_steps and not progress.stop:
         online = step >= args.offline_steps
-        if online:  # one env step from the open-loop chunk queue (spec §4)
+        phase = "online" if online else "offline"
+        if online:  # one env step from the open-loop chunk queue
             if not queue:
                 queue = list(act_chunk(obs)[0])
             action = queue.pop(0)
             next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
-            buffer.add(
-                observations=normalize(obs),
-                actions=action,
-                rewards=task.transform_reward(np.float32(reward)),
-                masks=np.float32(1.0 - terminated),  # timeouts bootstrap
-                dones=np.float32(terminated or truncated),
-                next_observations=normalize(next_obs),
-            )
+            # masks: timeouts bootstrap
+            buffer.add(observations=normalize(obs), actions=action, rewards=task.transform_reward(np.float32(reward)),
+                       masks=np.float32(1.0 - terminated), dones=np.float32(terminated or truncated),
+                       next_observations=normalize(next_obs))  # fmt: skip
             episode_return, episode_length = episode_return + float(reward), episode_length + 1
             obs = next_obs
             if terminated or truncated:
@@ -1312,19 +1207,18 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             metrics = agent.update(buffer.sample(args.batch_size, args.horizon))
             metric_sum = metrics if metric_sum is None else metric_sum + metrics
             metric_count += 1
-            progress.step(f"[{'online' if online else 'offline'} {step}/{total_steps}]")
+            progress.step(f"[{phase} {step}/{total_steps}]")
 
         if step % args.log_interval == 0 or step == total_steps:
-            sps = progress.log()
-            row = {"step": step, "phase": "online" if online else "offline", "sps": sps}
+            row = {"step": step, "phase": phase, "sps": progress.log()}
             if metric_count:
-                values = (metric_sum / metric_count).tolist()  # the only host sync of the interval
-                if not all(math.isfinite(v) for v in values):
+                means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+                if not all(map(math.isfinite, means.values())):
                     raise FloatingPointError(
-                        f"non-finite loss at step {step}: {dict(zip(METRICS, values))}. Try a smaller --lr, "
-                        "and check the dataset for NaN/inf values."
+                        f"non-finite loss at step {step}: {means}. Try a smaller --lr, and check the dataset for "
+                        "NaN/inf values."
                     )
-                row.update(zip(METRICS, values))
+                row.update(means)
             if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
                 # under a forked RNG, so that validation leaves the training run's random stream as it is
                 with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -1336,44 +1230,28 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
                 row["episodic_length"] = float(np.mean([n for _, n in episodes]))
             if online:
                 row["online_env_steps"] = step - args.offline_steps
-            append_jsonl(os.path.join(run_dir, "train.jsonl"), row)
-            if wandb:
-                charts = {f"charts/{k}": row[k] for k in ("episodic_return", "episodic_length") if k in row}
-                losses = {f"losses/{k}": row[k] for k in METRICS if k in row}
-                val = {k: v for k, v in row.items() if k.startswith("val/")}
-                wandb.log({**losses, **val, **charts, "charts/SPS": sps}, step=step)
-            last = " | ".join(f"{k} {v:.3g}" for k, v in last_eval.items())
-            losses = " | ".join(
-                f"{k} {row[k]:.4g}" for k in ("critic_loss", "mf_loss", "ivc_loss", "q_mean") if k in row
-            )
-            print(
-                f"[{row['phase']} {step}/{total_steps}] SPS {sps:.2f}"
-                + (f" | {losses}" if losses else "")
-                + (f" | last eval: {last}" if last else "")
-            )
+            last = f"last eval: {summary(last_eval, EVAL_KEYS)}" if last_eval else ""
+            line = " | ".join(filter(None, (f"[{phase} {step}/{total_steps}] SPS {row['sps']:.2f}",
+                                            summary(row, LOG_KEYS), last)))  # fmt: skip
+            logger.log("train", row, line)
             metric_sum, metric_count, episodes = None, 0, []
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
-                row = evaluation(step, run_dir)
-                append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
-                if wandb:
-                    media = {"eval/video": wandb.Video(video_file(run_dir, step))} if args.capture_video else {}
-                    wandb.log({**{f"eval/{k}": v for k, v in row.items() if k != "step"}, **media}, step=step)
-                last_eval = {k: v for k, v in row.items() if k != "step"}
+                last_eval = evaluation(step, run_dir)
+                logger.log("eval", last_eval, video=video_file(run_dir, step) if args.capture_video else "")
             if args.save_model:
-                save_checkpoint(os.path.join(run_dir, "model.pt"), step, agent, buffer, obs_stats, args)
+                save()
                 if args.save_every_eval:
                     shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
             progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save_checkpoint(os.path.join(run_dir, "model.pt"), step, agent, buffer, obs_stats, args)
+        save()
     eval_envs.close()
     if env is not None:
         env.close()
-    if wandb:
-        wandb.finish()
+    logger.close()
     progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 

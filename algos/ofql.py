@@ -1,14 +1,13 @@
 # OFQL: "One-Step Flow Q-Learning: Addressing the Diffusion Policy Bottleneck in Offline Reinforcement Learning"
 # (Nguyen & Yoo, ICLR 2026; earlier titled "Revisiting Diffusion Q-Learning: From Iterative Denoising to One-Step
-# Action Generation")
-# paper: https://arxiv.org/abs/2508.13904
-# reference code: none published. Bases: Diffusion-QL (https://github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL),
-# CleanDiffuser's DQL pipelines (https://github.com/CleanDiffuserTeam/CleanDiffuser, pipelines/dql_d4rl_*.py) and
-# MeanFlow (https://github.com/Gsunshine/py-meanflow). Code-level details are reconstructed from them, as flags.
-# spec: shared/specs/ofql.md ("spec §N" below); data and envs: shared/specs/data_and_envs.md ("data §N")
+# Action Generation"). Paper: https://arxiv.org/abs/2508.13904
+# Reference code: none published; its code-level details are reconstructed (each one a flag) from Diffusion-QL
+# (https://github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL), CleanDiffuser's DQL pipelines
+# (https://github.com/CleanDiffuserTeam/CleanDiffuser, pipelines/dql_d4rl_*.py) and MeanFlow
+# (https://github.com/Gsunshine/py-meanflow).
 #
 # Time convention: t=0 is data, t=1 is noise, 0 <= r <= t <= 1. The policy network predicts the average velocity
-# u(a_t, r, t; s) and acts in one call: a = clip(e - u(e, 0, 1; s)), e ~ N(0, I) (paper Eq. 12/16).
+# u(a_t, r, t; s) and acts in one call: a = clip(e - u(e, 0, 1; s)), e ~ N(0, I) (Eq. 12/16).
 import copy
 import itertools
 import json
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
 
 # torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
-# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+# (results/README.md "Threads on a shared machine"). Read when torch loads; OMP_WAIT_POLICY=ACTIVE overrides it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
@@ -42,148 +41,73 @@ ALGO = "ofql"
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """experiment name; part of the run name"""
-    seed: int = 1
-    """RNG seed for python, numpy and torch"""
-    torch_deterministic: bool = True
-    """set cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when available"""
-    track: bool = False
-    """log to Weights & Biases (works with WANDB_MODE=offline)"""
-    wandb_project_name: str = "meanflow-rl"
-    """W&B project"""
-    wandb_entity: Optional[str] = None
-    """W&B entity (team); None means the default entity"""
-    save_model: bool = False
-    """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
-    resume: Optional[str] = None
-    """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments"""
-    save_every_eval: bool = False
-    """with --save-model, also keep model_{step}.pt at every evaluation"""
-    eval_only: bool = False
-    """with --resume: evaluate the checkpoint's policy (--eval-episodes episodes, its own settings) without training;
-    the summary is printed and written next to it as {checkpoint}_eval.json"""
-    output_dir: str = "runs"
-    """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
-    compile: bool = False
-    """torch.compile the whole gradient step (on CUDA also captured in CUDA graphs) and the action selection"""
-    tf32: bool = True
-    """CUDA: TF32 matmuls (about 10 significant bits, much faster on Ampere and later GPUs); --no-tf32 for full FP32"""
+    # --- task, schedule, evaluation, outputs ---
+    env_id: str = "antmaze-large-play"  # short alias (see ALIASES), a Minari dataset id or an OGBench singletask name
+    dataset_dir: str = "~/.ogbench/data"  # where OGBench .npz files are looked for (Minari: $MINARI_DATASETS_PATH)
+    antmaze_goal: Literal["observe", "relabel"] = "observe"  # goal in the obs, or D4RL-style (README "--env-id")
+    offline_steps: Optional[int] = None  # gradient steps on the dataset; None = 2M for MuJoCo, 1M elsewhere (paper)
+    online_steps: int = 0  # env steps of online fine-tuning after the offline phase, one update each (not in the paper)
+    seed: int = 1  # RNG seed for python, numpy and torch
+    eval_interval: int = 100_000  # evaluate every this many gradient steps and at the end (the paper reports the end)
+    eval_episodes: int = 150  # episodes per evaluation (paper: 150 per seed, CleanDiffuser's 50 envs x 3); 0 = none
+    eval_workers: int = 0  # 0: all episodes at once in this process, batched; N > 0: N processes, in waves of N
+    eval_candidates: int = 50  # candidates per state, one drawn by softmax(min-Q * temp), online too; 1 = one-step
+    eval_temperature: Optional[float] = None  # softmax temperature; None = CleanDiffuser's (EVAL_TEMPERATURES), or 10
+    capture_video: bool = False  # first episode of each evaluation to run_dir/videos/ (needs moviepy; MUJOCO_GL=egl)
+    log_interval: int = 5000  # write train.jsonl and print progress every this many gradient steps
+    output_dir: str = "runs"  # runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # experiment name; part of the run name
+    save_model: bool = False  # write run_dir/model.pt at every evaluation and when stopped by Ctrl-C
+    save_every_eval: bool = False  # with --save-model, also keep model_{step}.pt at every evaluation
+    resume: Optional[str] = None  # a model.pt to resume from; the run continues in its directory, with its arguments
+    eval_only: bool = False  # with --resume: only evaluate the checkpoint, into {checkpoint}_eval.json
+    track: bool = False  # log to Weights & Biases (works with WANDB_MODE=offline)
+    wandb_project_name: str = "meanflow-rl"  # W&B project
+    wandb_entity: Optional[str] = None  # W&B entity (team); None = the default entity
+    cuda: bool = True  # use CUDA when available
+    compile: bool = False  # torch.compile the whole gradient step (on CUDA also captured in CUDA graphs)
+    tf32: bool = True  # CUDA: TF32 matmuls (about 10 significant bits, much faster); --no-tf32 for full FP32
+    torch_deterministic: bool = True  # set cudnn.deterministic
 
-    # --- data and schedule ---
-    env_id: str = "antmaze-large-play"
-    """short alias (see ALIASES), a Minari dataset id, or an OGBench singletask name"""
-    dataset_dir: str = "~/.ogbench/data"
-    """where OGBench .npz datasets are looked for (Minari uses $MINARI_DATASETS_PATH)"""
-    offline_steps: Optional[int] = None
-    """gradient steps on the offline dataset; None = 2M for MuJoCo, 1M elsewhere (spec §4)"""
-    online_steps: int = 0
-    """environment steps of online fine-tuning after the offline phase, one update each (UTD 1, spec §6)"""
-    batch_size: int = 256
-    """transitions per gradient step"""
-    eval_interval: int = 100_000
-    """evaluate every this many gradient steps (and at the end; the paper reports the final evaluation)"""
-    eval_episodes: int = 150
-    """episodes per evaluation (paper: 150 per seed, CleanDiffuser's 50 envs x 3, spec §5); 0 skips evaluation"""
-    eval_workers: int = 0
-    """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
-    processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
-    capture_video: bool = False
-    """record the first episode of each evaluation to {run_dir}/videos/eval_{step}.mp4 (and wandb with --track); needs
-    moviepy (requirements-video.txt) and offscreen rendering (headless MuJoCo: MUJOCO_GL=egl or osmesa)"""
-    log_interval: int = 5000
-    """write train.jsonl and print progress every this many gradient steps"""
-    reward_scale: Optional[float] = None
-    """rewards become (r + reward_bias) * reward_scale, offline and online; None = 4 for AntMaze, 1 otherwise"""
-    reward_bias: Optional[float] = None
-    """see reward_scale; None = -0.5 for AntMaze (DQL's (r - 0.5) * 4, spec §4), -1 for PointMaze, 0 otherwise"""
-    antmaze_goal: Literal["observe", "relabel"] = "observe"
-    """AntMaze: 'observe' keeps each episode's goal in the observation, with Minari's rewards for it; 'relabel' drops
-    it and rewards reaching the eval goal, D4RL-style (README "--env-id")"""
-    normalize_obs: bool = True
-    """z-score observations with dataset statistics (CleanDiffuser; DQL does not) [reconstructed, spec §2]"""
+    # --- algorithm (None = the dataset family's default, FAMILY_DEFAULTS) ---
+    eta: Optional[float] = None  # weight of the normalised Q term; None = MuJoCo 0.1, AntMaze 0.5, Kitchen 0.01, ...
+    batch_size: int = 256  # transitions per gradient step
+    discount: float = 0.99  # discount gamma (DQL)
+    actor_lr: float = 3e-4  # Adam learning rate of the policy
+    critic_lr: float = 3e-4  # Adam learning rate of the critics
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: both anneal to 0 over the run (DQL --lr_decay)
+    grad_clip: Optional[float] = None  # global-norm clipping, policy and critics apart; None = off [reconstructed]
+    flow_ratio: float = 0.5  # lambda = P(r = t): the share of plain flow-matching pairs in the FBC loss (Table 3)
+    max_q_samples: Optional[int] = None  # a' per next state; > 1 is the max-Q backup; None = 10 AntMaze, 1 elsewhere
+    hidden_dim: int = 256  # width of the policy and critic MLPs
+    num_layers: int = 3  # hidden layers of the policy and critic MLPs
+    reward_scale: Optional[float] = None  # rewards (r + reward_bias) * reward_scale; None = 4 for AntMaze, else 1
+    reward_bias: Optional[float] = None  # None = -0.5 for AntMaze (DQL's (r - 0.5) * 4), -1 PointMaze, else 0
 
-    # --- algorithm (spec §1-§4; None = per-family default from FAMILY_DEFAULTS) ---
-    eta: Optional[float] = None
-    """weight of the normalised Q term in the actor loss; None = MuJoCo 0.1, AntMaze 0.5, Kitchen 0.01 (the paper's
-    recommendations), PointMaze 0.5, Adroit 0.1, OGBench and any other dataset 0.01 (reconstructed); the paper tunes
-    it in {0.001, 0.01, 0.1, 0.3, 0.5}"""
-    discount: float = 0.99
-    """discount gamma (DQL)"""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the policy"""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critics"""
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    """cosine: both learning rates anneal to 0 over offline + online steps (DQL --lr_decay) [reconstructed]"""
-    grad_clip: Optional[float] = None
-    """global-norm gradient clipping, separately for policy and critics; None = off [reconstructed]"""
-    flow_ratio: float = 0.5
-    """lambda = P(r = t): the fraction of plain flow-matching pairs in the FBC loss (spec §3)"""
-    time_sampler: Literal["logit-normal", "uniform"] = "logit-normal"
-    """distribution of the two independent time draws that are sorted into r <= t (spec §3, App. M)"""
-    time_mu: float = -0.4
-    """logit-normal mean"""
-    time_sigma: float = 1.0
-    """logit-normal standard deviation"""
-    adaptive_p: float = 0.0
-    """MeanFlow's adaptive loss weight 1 / (delta^2 + 0.01)^p on the FBC loss; 0 = plain squared error (spec §3)"""
-    max_q_samples: Optional[int] = None
-    """a' per next state in the TD target; > 1 is the max-Q backup (max over samples per critic, then min over the
-    critics); None = 10 for AntMaze, 1 elsewhere (spec §3)"""
-    ema_rho: float = 0.995
-    """EMA rate of the target policy (theta' <- rho theta' + (1 - rho) theta), DQL's ema_decay [reconstructed]"""
-    ema_every: int = 5
-    """EMA period K of the target policy in gradient steps, DQL's update_ema_every [reconstructed]"""
-    ema_start: int = 1000
-    """the target policy stays at its initialisation until this step, DQL's step_start_ema [reconstructed]"""
-    critic_tau: Optional[float] = 0.005
-    """Polyak rate of the target critics, applied every step (DQL's tau); None = the target policy's EMA
-    (rho, K, from step 0), one rate for both as Alg. 1 step 5 writes it [reconstructed]"""
-    q_normalizer: Literal["data", "policy"] = "data"
-    """actions over which E|Q| normalises the Q term: the dataset's (paper Sec. 3.2, App. B) or the policy's (DQL's
-    code)"""
-    clip_in_actor_loss: bool = True
-    """clip the one-step action to [-1, 1] before the critic in the actor loss [reconstructed, spec §2]"""
-    hidden_dim: int = 256
-    """width of the policy and critic MLPs"""
-    num_layers: int = 3
-    """hidden layers of the policy and critic MLPs"""
-    time_emb_dim: int = 64
-    """size of the sinusoidal embeddings of t and r (and of their MLP outputs)"""
-    time_emb_scale: float = 1.0
-    """t and r are multiplied by this before the sinusoidal embedding; 1 = raw t in [0, 1] [reconstructed]. The spec
-    suggests DQL's x1000, but du/dt in the FBC target then goes through sin(1000 f t) and the loss diverges"""
-    shared_time_mlp: bool = False
-    """one Linear-Mish-Linear branch for both t and r instead of one each [reconstructed]"""
-
-    # --- evaluation (spec §5, CleanDiffuser's DQL protocol) ---
-    eval_candidates: int = 50
-    """one-step candidates per state, one sampled from softmax(min-Q * temperature); 1 = the plain one-step policy
-    (also used for online acting)"""
-    eval_temperature: Optional[float] = None
-    """softmax temperature; None = CleanDiffuser's per-task values (HalfCheetah 50, Hopper 100 (8 medium-expert),
-    Walker2d 300, AntMaze 10 (5 medium-diverse), Kitchen 3), 10 elsewhere (reconstructed)"""
-    eval_noise_scale: float = 1.0
-    """scale of the initial noise e when acting; 0.5 reproduces CleanDiffuser"""
-    eval_ema: bool = True
-    """act with the target (EMA) policy as CleanDiffuser does (use_ema=True); off = the online policy (DQL)"""
+    # --- rarely changed: reconstructed constants and ablation switches ---
+    time_sampler: Literal["logit-normal", "uniform"] = "logit-normal"  # the two draws sorted into r <= t (App. M)
+    time_mu: float = -0.4  # logit-normal mean
+    time_sigma: float = 1.0  # logit-normal standard deviation
+    adaptive_p: float = 0.0  # MeanFlow's adaptive weight 1 / (delta^2 + 0.01)^p on the FBC loss; 0 = plain L2
+    time_emb_dim: int = 64  # size of the sinusoidal embeddings of t and r (and of their MLP outputs)
+    time_emb_scale: float = 1.0  # t, r scaled before the embedding; DQL's x1000 makes du/dt, and the FBC loss, explode
+    shared_time_mlp: bool = False  # one Linear-Mish-Linear branch for both t and r, not one each [reconstructed]
+    ema_rho: float = 0.995  # EMA rate of the target policy, DQL's ema_decay [reconstructed]
+    ema_every: int = 5  # EMA period K of the target policy in gradient steps, DQL's update_ema_every [reconstructed]
+    ema_start: int = 1000  # the target policy stays at its init until this step, DQL's step_start_ema [reconstructed]
+    critic_tau: Optional[float] = 0.005  # target critics' Polyak rate, every step (DQL); None = the policy's EMA
+    q_normalizer: Literal["data", "policy"] = "data"  # E|Q| over dataset actions (Sec. 3.2) or a_pi (DQL's code)
+    clip_in_actor_loss: bool = True  # clip the one-step action to [-1, 1] before Q in the actor loss [reconstructed]
+    normalize_obs: bool = True  # z-score observations with dataset statistics (CleanDiffuser; DQL does not)
+    eval_noise_scale: float = 1.0  # scale of the initial noise e when acting; 0.5 reproduces CleanDiffuser
+    eval_ema: bool = True  # act with the target (EMA) policy as CleanDiffuser does; off = the online policy (DQL)
 
 
 # ======================================================================================================================
-# Data and environments (data §3-§9)
+# PLUMBING (TRY NOT TO MODIFY): task tables, per-family defaults, the shared data layer, the replay buffer
 # ======================================================================================================================
-_ANTMAZE = {
-    "umaze": "umaze",
-    "umaze-diverse": "umaze-diverse",
-    "medium-play": "medium-play",
-    "medium-diverse": "medium-diverse",
-    "large": "large-play",
-    "large-play": "large-play",
-    "large-diverse": "large-diverse",
-}
+_ANTMAZE = {k: k for k in ("umaze", "umaze-diverse", "medium-play", "medium-diverse")}
+_ANTMAZE |= {"large": "large-play", "large-play": "large-play", "large-diverse": "large-diverse"}  # antmaze-large: play
 _ADROIT = ("pen", "door", "hammer", "relocate")
 ALIASES: dict[str, str] = {
     **{f"antmaze-{k}": f"D4RL/antmaze/{v}-v1" for k, v in _ANTMAZE.items()},
@@ -200,8 +124,10 @@ ALIASES: dict[str, str] = {
         for k in ("simple", "medium", "expert")
     },
 }
-"""short --env-id aliases -> Minari dataset ids (data §4); Minari's MuJoCo sets are new data, not D4RL's"""
+"""short --env-id aliases -> Minari dataset ids; Minari's MuJoCo sets are new data, not D4RL's"""
 
+# eta: MuJoCo 0.1, AntMaze 0.5, Kitchen 0.01 [reconstructed: the paper tunes eta in {0.001, 0.01, 0.1, 0.3, 0.5}
+# without reporting the values, and notes that Kitchen needs a small eta and AntMaze a large one]; 2M MuJoCo steps
 FAMILY_DEFAULTS: dict[str, dict] = {
     "mujoco": dict(eta=0.1, offline_steps=2_000_000),
     "antmaze": dict(eta=0.5, max_q_samples=10),
@@ -210,12 +136,11 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "ogbench": dict(eta=0.01),  # reconstructed: OGBench's manipulation tasks need strong regularisation, as Kitchen
     "adroit": dict(eta=0.1),  # reconstructed: Diffusion-QL's pen-human/cloned values (0.15, 0.1)
 }
-"""per-family values (spec §3-§5); anything missing falls back to BASE_DEFAULTS"""
 # Outside the paper's families the critic's reach is unknown, so eta is the paper's strong-regularisation value: on the
-# two-hill bandit (README "Results") eta 0.1 let the Q term pull the one-step map to where the critic extrapolates
+# two-hill bandit (results/README.md) eta 0.1 let the Q term pull the one-step map to where the critic extrapolates
 # (the box corner) and the return collapsed below BC's, while 0.01 kept it on the data
 BASE_DEFAULTS = dict(eta=0.01, offline_steps=1_000_000, max_q_samples=1, eval_temperature=10.0)
-# CleanDiffuser's DQL softmax temperatures, first match on the dataset id wins (spec §5)
+# CleanDiffuser's DQL softmax temperatures, first match on the dataset id wins [reconstructed]
 EVAL_TEMPERATURES = (
     ("halfcheetah", 50.0),
     ("hopper/medium-expert", 8.0),
@@ -225,6 +150,15 @@ EVAL_TEMPERATURES = (
     ("antmaze", 10.0),
     ("kitchen", 3.0),
 )
+
+
+def resolve_args(args: Args, dataset_id: str) -> Args:
+    """Fill None hyperparameters from FAMILY_DEFAULTS / EVAL_TEMPERATURES, else BASE_DEFAULTS."""
+    defaults = {**BASE_DEFAULTS, **FAMILY_DEFAULTS.get(dataset_family(dataset_id), {})}
+    defaults["eval_temperature"] = next(
+        (temp for key, temp in EVAL_TEMPERATURES if key in dataset_id), defaults["eval_temperature"]
+    )
+    return Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
 
 
 def resolve_dataset_id(env_id: str) -> str:
@@ -241,19 +175,19 @@ def resolve_dataset_id(env_id: str) -> str:
 
 
 def default_reward_transform(family: str) -> tuple[float, float]:
-    """(scale, bias) of rewards (r + bias) * scale: DQL's AntMaze (r - 0.5) * 4 (spec §4); PointMaze r - 1
-    [reconstructed: its sparse 0/1 reward keeps Q near 0 early on, where the actor's Q / mean|Q| normaliser blows the
-    critic's noise up; README, OFQL]; other domains unchanged."""
+    """(scale, bias) of rewards (r + bias) * scale: DQL's AntMaze (r - 0.5) * 4 (utils/data_sampler.py); PointMaze r - 1
+    [reconstructed: with 0/1 rewards the actor's Q / mean|Q| amplifies the critic's noise early on; algos/README.md
+    "OFQL"]."""
     return {"antmaze": (4.0, -0.5), "pointmaze": (1.0, -1.0)}.get(family, (1.0, 0.0))
 
 
-# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_data.py checks it) ---
+# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_cli.py checks it) ---
 D4RL_GOAL_RADIUS = 0.5  # D4RL's AntMaze goal radius (relabel_antmaze_rewards.py); gymnasium-robotics uses 0.45
 STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not the real data): id pattern -> command
     r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
     r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
     r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
-    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (README "Results")
+    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (results/README.md)
 }
 
 
@@ -261,15 +195,23 @@ class DatasetError(Exception):
     """An expected, user-fixable problem (unknown id, missing or broken dataset); printed without a traceback."""
 
 
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 @dataclass
 class Task:
+    """A dataset and its env. data: observations, actions in [-1, 1], rewards, masks, dones, next_observations
+    (None with --eval-only); val_data: OGBench's validation split; flatten_obs: env observation -> the data's layout;
+    normalized_score: raw returns -> score x100, where the dataset has one."""
+
     dataset_id: str
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
-    data: Optional[dict[str, np.ndarray]]  # observations, actions in [-1, 1], rewards, masks, dones, next_observations
-    val_data: Optional[dict[str, np.ndarray]]  # OGBench's validation split (Minari has none)
-    make_env: Callable[..., gym.Env]  # the evaluation (and online) environment; kwargs go to gym.make
-    flatten_obs: Callable[[object], np.ndarray]  # env observation -> the layout of data["observations"]
-    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]  # raw returns -> score x100
+    data: Optional[dict[str, np.ndarray]]
+    val_data: Optional[dict[str, np.ndarray]]
+    make_env: Callable[..., gym.Env]  # kwargs go to gym.make (render_mode)
+    flatten_obs: Callable[[object], np.ndarray]
+    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
     action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
     action_high: Optional[np.ndarray] = None
     reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
@@ -289,10 +231,8 @@ def is_ogbench_name(env_id: str) -> bool:
 
 
 def dataset_family(dataset_id: str) -> str:
-    if is_ogbench_name(dataset_id):
-        return "ogbench"
-    if dataset_id.startswith("mujoco/"):
-        return "mujoco"
+    if is_ogbench_name(dataset_id) or dataset_id.startswith("mujoco/"):
+        return "ogbench" if is_ogbench_name(dataset_id) else "mujoco"
     family = dataset_id.split("/")[1] if dataset_id.startswith("D4RL/") else "minari"
     return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
 
@@ -321,8 +261,7 @@ def load_dataset(
     for split, data in (("", task.data), (" (validation split)", task.val_data)):
         if data is None:
             continue
-        n = len(data["rewards"])
-        if n == 0:
+        if (n := len(data["rewards"])) == 0:
             raise DatasetError(f"'{dataset_id}'{split} has no transitions")
         for key, shape in expected.items():
             if data[key].shape[1:] != shape:
@@ -331,17 +270,13 @@ def load_dataset(
                     f"({env.spec.id if env.spec else env}) has {shape}. Is the dataset from another env or version?"
                 )
         for key, v in data.items():
-            bad = ~np.isfinite(v.reshape(n, -1)).all(1)
-            if bad.any():
-                raise DatasetError(
-                    f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} (first at index "
-                    f"{bad.argmax()})"
-                )
+            if (bad := ~np.isfinite(v.reshape(n, -1)).all(1)).any():
+                where = f"(first at index {bad.argmax()})"
+                raise DatasetError(f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} {where}")
         # actions -> [-1, 1] from the env's bounds (exactly the identity for [-1, 1]); clipped to +-(1 - 1e-5) as in FQL
         mid, half = (task.action_high + task.action_low) / 2, (task.action_high - task.action_low) / 2
         unit = (data["actions"] - mid) / half
-        outside = (np.abs(unit) > 1 + 1e-3).any(1)
-        if outside.any():
+        if (outside := (np.abs(unit) > 1 + 1e-3).any(1)).any():
             print(
                 f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
                 f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.05% of their range; clipped"
@@ -351,37 +286,34 @@ def load_dataset(
     return task
 
 
-def minari_offline_error(dataset_id: str, root: str, reason: str) -> DatasetError:
-    text = (
-        f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
-        f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
-    )
-    for pattern, script in STAND_INS.items():
-        if re.fullmatch(pattern, dataset_id):
-            text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
-    return DatasetError(text)
-
-
 def download_minari(dataset_id: str, root: str) -> None:
     """Download from Minari's remote, failing at once when there is no network (not after ~25 s of retries)."""
     import minari
 
     remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
     host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        raise minari_offline_error(dataset_id, root, "HF_HUB_OFFLINE is set")
-    if host is not None:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    reason = "HF_HUB_OFFLINE is set" if offline else ""
+    if host is not None and not reason:
         try:
             socket.create_connection((host, 443), timeout=5).close()
         except OSError as e:
-            raise minari_offline_error(dataset_id, root, f"{host} cannot be reached to download it ({e})") from None
+            reason = f"{host} cannot be reached to download it ({e})"
+    if reason:
+        text = (
+            f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
+            f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
+        )
+        for pattern, script in STAND_INS.items():
+            if re.fullmatch(pattern, dataset_id):
+                text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
+        raise DatasetError(text)
     try:
         minari.download_dataset(dataset_id)
     except Exception as e:  # unknown remote id, missing optional package, ...
         raise DatasetError(
             f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded from {remote} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). `minari list remote` lists "
-            "the ids there."
+            f"({first_line(e)}). `minari list remote` lists the ids there."
         ) from None
 
 
@@ -389,19 +321,16 @@ def antmaze_eval_map(ds: object, dataset_id: str) -> Optional[list]:
     """Minari's umaze eval maps (umaze and umaze-diverse) are walled unlike the maze the data come from: the gap in the
     middle wall is on the other side (Minari issue #304). Rotated by 180 degrees, the eval map has the data's walls and
     the same task (start and goal cells relative to the walls); return that map, or None when the walls agree."""
-    maps = []
+    walls = []
     for eval_env in (False, True):
         env = ds.recover_environment(eval_env=eval_env)
-        maps.append(env.unwrapped.maze.maze_map)
+        walls.append([[c == 1 for c in row] for row in env.unwrapped.maze.maze_map])
+        eval_map = env.unwrapped.maze.maze_map
         env.close()
-
-    def walls(m: list) -> list:
-        return [[c == 1 for c in row] for row in m]
-
-    if walls(maps[0]) == walls(maps[1]):
+    if walls[0] == walls[1]:
         return None
-    rotated = [row[::-1] for row in maps[1][::-1]]
-    if walls(rotated) != walls(maps[0]):
+    rotated = [row[::-1] for row in eval_map[::-1]]
+    if [[c == 1 for c in row] for row in rotated] != walls[0]:
         raise DatasetError(f"'{dataset_id}': the eval env's maze is walled unlike the data's maze")
     print(f"notice: {dataset_id}: evaluating on the eval map rotated by 180 degrees, which has the data's walls")
     return rotated
@@ -423,8 +352,7 @@ class FixedGoalAntMaze(gym.Wrapper):
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         obs, _, _, truncated, info = self.env.step(action)
-        reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
-        info["success"] = reached
+        info["success"] = reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
         return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
 
 
@@ -435,21 +363,20 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
 
     gym.register_envs(gymnasium_robotics)
     root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
-    path = os.path.join(root, dataset_id)
-    if not os.path.exists(os.path.join(path, "data", "metadata.json")):
+    if not os.path.exists(os.path.join(root, dataset_id, "data", "metadata.json")):
         download_minari(dataset_id, root)
     try:
         ds = minari.load_dataset(dataset_id)
         episodes = list(ds.iterate_episodes()) if with_data else []
     except Exception as e:
         raise DatasetError(
-            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
-            f"download it again: minari delete {dataset_id}; minari download {dataset_id}"
+            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({first_line(e)}); is it "
+            f"corrupt or partly downloaded? Delete it and download it again: minari delete {dataset_id}; minari "
+            f"download {dataset_id}"
         ) from None
     family = dataset_family(dataset_id)
     relabel = family == "antmaze" and antmaze_goal == "relabel"
-    # goal dicts -> vectors (README "--env-id"). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
+    # goal dicts -> vectors (algos/README.md). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
     # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
     # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
     keys = {
@@ -469,9 +396,7 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
         env = ds.recover_environment(eval_env=True, **eval_kwargs)
         goal = np.array(env.unwrapped.maze.unique_goal_locations[0])  # the eval map's goal cell, without noise
         env.close()
-    parts: dict[str, list] = {
-        k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")
-    }
+    parts = {k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")}
     for ep in episodes:  # episodes -> transitions: observations have T+1 rows
         o = flatten_obs(ep.observations)
         rewards, terminals = ep.rewards.astype(np.float32), ep.terminations.astype(bool)
@@ -480,12 +405,11 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
             rewards = terminals.astype(np.float32)
         dones = terminals | ep.truncations.astype(bool)
         dones[-1] = True  # an episode always ends at its last row, flagged or not
-        parts["observations"].append(o[:-1])
-        parts["next_observations"].append(o[1:])
-        parts["actions"].append(ep.actions.astype(np.float32).reshape(len(rewards), -1))
-        parts["rewards"].append(rewards)
-        parts["masks"].append(1.0 - terminals.astype(np.float32))  # timeouts bootstrap
-        parts["dones"].append(dones.astype(np.float32))
+        row = dict(observations=o[:-1], next_observations=o[1:], rewards=rewards, dones=dones.astype(np.float32),
+                   actions=ep.actions.astype(np.float32).reshape(len(rewards), -1),
+                   masks=1.0 - terminals.astype(np.float32))  # timeouts bootstrap  # fmt: skip
+        for k, v in row.items():
+            parts[k].append(v)
     data = {k: np.concatenate(v) for k, v in parts.items()} if episodes else {k: np.zeros((0, 1)) for k in parts}
     if relabel:  # the return is 0 or 1 (the episode ends at the goal): D4RL's AntMaze score, ref scores 0 and 1
         normalized_score = lambda r: 100.0 * np.asarray(r)  # noqa: E731
@@ -518,8 +442,7 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
     if not with_data:
         env.close()
         return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
-    dataset_dir = os.path.expanduser(dataset_dir)
-    splits = name.split("-")
+    dataset_dir, splits = os.path.expanduser(dataset_dir), name.split("-")
     base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
     path = os.path.join(dataset_dir, f"{base}.npz")
     if not (os.path.exists(path) and os.path.exists(path.replace(".npz", "-val.npz"))):
@@ -528,38 +451,32 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
         except Exception as e:
             raise DatasetError(
                 f"OGBench dataset '{base}' (for '{name}') is not at {path} (and its -val.npz), and could not be "
-                f"downloaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}).\n"
-                f"  On a machine with internet: python -c \"import ogbench; ogbench.download_datasets(['{base}'], "
-                f"'{dataset_dir}')\"  (or pass --dataset-dir where the .npz files are).\n"
-                f"  To create it locally with OGBench's scripted oracles: python scripts/make_ogbench_dataset.py "
-                f"--env-name {base} --dataset-dir {dataset_dir}"
+                f'downloaded ({first_line(e)}).\n  On a machine with internet: python -c "import ogbench; '
+                f"ogbench.download_datasets(['{base}'], '{dataset_dir}')\"  (or pass --dataset-dir where the .npz "
+                "files are).\n  To create it locally with OGBench's scripted oracles: python "
+                f"scripts/make_ogbench_dataset.py --env-name {base} --dataset-dir {dataset_dir}"
             ) from None
     try:  # singletask datasets: rewards and masks relabelled for the task by ogbench (relabel_utils.py)
         datasets = ogbench.make_env_and_datasets(name, dataset_path=path, dataset_only=True, cur_env=env)
     except Exception as e:
         raise DatasetError(
-            f"OGBench dataset {path} (or its -val.npz) cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it corrupt or partly downloaded? Delete it and "
-            "download it again."
+            f"OGBench dataset {path} (or its -val.npz) cannot be read ({first_line(e)}); is it corrupt or partly "
+            "downloaded? Delete it and download it again."
         ) from None
     env.close()
-    train, val = (
-        {
-            **{
-                k: s[k].astype(np.float32) for k in ("observations", "actions", "rewards", "masks", "next_observations")
-            },
-            "dones": s["terminals"].astype(np.float32),  # 1 at the last transition of each trajectory
-        }
-        for s in datasets
-    )
+    keys = ("observations", "actions", "rewards", "masks", "next_observations")
+    # dones: 1 at the last transition of each trajectory
+    train, val = ({**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
+                  for s in datasets)  # fmt: skip
     return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
 
 
 # --- end of the shared data layer ---
 
 
+# --- shared replay buffer: identical in meanflowql.py and ofql.py (tests/test_cli.py checks it) ---
 class ReplayBuffer:
-    """All transitions as tensors on the training device; online transitions are appended (spec §6, one buffer)."""
+    """All transitions as tensors on the training device: the offline data, then the online transitions appended."""
 
     def __init__(self, data: dict[str, np.ndarray], capacity: int, device: torch.device):
         self.size = len(data["rewards"])
@@ -589,12 +506,14 @@ class ReplayBuffer:
         self.size = self.offline_size + n
 
 
+# --- end of the shared replay buffer ---
+
+
 # ======================================================================================================================
-# Networks (spec §2)
+# ALGO LOGIC: networks, u_theta(a_t, r, t; s) and the twin critics (DQL's 3 x 256 Mish MLPs)
 # ======================================================================================================================
 class SinusoidalEmbedding(nn.Module):
-    """DQL's SinusoidalPosEmb of `scale * x`: [sin(x f_k), cos(x f_k)], f_k = 10000^(-k / (dim/2 - 1)). The FBC
-    target differentiates through it, so a large scale makes du/dt (and the loss) explode (see Args.time_emb_scale)."""
+    """DQL's SinusoidalPosEmb of `scale * x`: [sin(x f_k), cos(x f_k)], f_k = 10000^(-k / (dim/2 - 1))."""
 
     def __init__(self, dim: int, scale: float):
         super().__init__()
@@ -617,12 +536,8 @@ def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Seque
 
 
 class AverageVelocityNet(nn.Module):
-    """u_theta(a_t, r, t; s): DQL's MLP on concat(a_t, s, emb(t), emb(r)) with a second time input (spec §2).
-
-    Each time goes through the sinusoidal embedding and a Linear(E, 2E)-Mish-Linear(2E, E) branch (CleanDiffuser's
-    DQLMlp), one branch per time unless shared. r and t may have shape [B, 1] or [1, 1]; a [1, 1] time (r = 0,
-    t = 1 when acting) is embedded once and broadcast over the batch.
-    """
+    """u_theta(a_t, r, t; s): DQL's MLP on concat(a_t, s, emb(t), emb(r)), each time through the sinusoidal embedding
+    and a Linear(E, 2E)-Mish-Linear(2E, E) branch (CleanDiffuser's DQLMlp); a [1, 1] time is broadcast."""
 
     def __init__(
         self,
@@ -661,7 +576,7 @@ class TwinLinear(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1 (spec §2), evaluated together; returns [2, B]."""
+    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1, evaluated together; returns [2, B]."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3):
         super().__init__()
@@ -676,7 +591,7 @@ class TwinCritic(nn.Module):
 
 
 # ======================================================================================================================
-# One-step action and the FBC (MeanFlow) loss with one JVP (spec §1, §3)
+# ALGO LOGIC: the one-step action and the FBC (MeanFlow) loss with one JVP (Eq. 12-16)
 # ======================================================================================================================
 def one_step_action(policy: Callable, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """a = e - u(e, r=0, t=1; s) (Eq. 12/16): one network call, differentiable, not clipped."""
@@ -702,8 +617,8 @@ def sample_times(
     sigma: float = 1.0,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, r), each [B, 1], with 0 <= r <= t <= 1 (spec §3, py-meanflow's sampler): two independent draws
-    (sigmoid(N(mu, sigma^2)) or U(0, 1)), t the larger and r the smaller, then r = t with probability flow_ratio."""
+    """(t, r), each [B, 1], 0 <= r <= t <= 1 (py-meanflow's time_sampler.py): two independent draws (sigmoid(N(mu,
+    sigma^2)) or U(0, 1)), t the larger and r the smaller, then r = t with probability flow_ratio (Table 3, App. M)."""
     if sampler == "logit-normal":
         draws = torch.sigmoid(mu + sigma * torch.randn(2, batch_size, 1, device=device))
     else:
@@ -734,8 +649,11 @@ def fbc_loss(
 
 
 # ======================================================================================================================
-# Critic target with the max-Q backup, and acting (spec §1, §3, §5)
+# ALGO LOGIC: critic loss with the max-Q backup, actor loss (Eq. 6, 7, 17)
 # ======================================================================================================================
+METRICS = ("critic_loss", "q_data", "td_target", "fbc_loss", "q_loss", "actor_loss")
+
+
 def max_q_backup(q_next: torch.Tensor) -> torch.Tensor:
     """[2, B, N] target-critic values of N next actions per next state -> [B]: the max over the samples for each
     critic, then the min of the two maxima (DQL's max-Q backup). N = 1 is the plain clipped double-Q target."""
@@ -744,11 +662,7 @@ def max_q_backup(q_next: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def td_target(
-    policy_target: Callable,
-    critic_target: nn.Module,
-    batch: dict[str, torch.Tensor],
-    discount: float,
-    num_samples: int,
+    policy_target: Callable, critic_target: nn.Module, batch: dict[str, torch.Tensor], discount: float, num_samples: int
 ) -> torch.Tensor:
     """y = r + gamma * mask * backup(Q'(s', a')), with a' = clip(e - u_theta'(e, 0, 1; s')) from the EMA policy
     (Eq. 6/17), num_samples a' per s'."""
@@ -759,39 +673,8 @@ def td_target(
     return batch["rewards"].squeeze(-1) + discount * batch["masks"].squeeze(-1) * max_q_backup(q_next)
 
 
-@torch.no_grad()
-def sample_action(
-    policy: Callable,
-    critic: nn.Module,
-    obs: torch.Tensor,
-    action_dim: int,
-    num_candidates: int,
-    temperature: float,
-    noise_scale: float = 1.0,
-) -> torch.Tensor:
-    """CleanDiffuser's DQL acting (spec §5): num_candidates one-step actions per state from noise scaled by
-    noise_scale, scored by the critic's min-Q; one is drawn from softmax(Q * temperature)."""
-    batch = obs.shape[0]
-    obs_c = obs.repeat_interleave(num_candidates, dim=0)
-    noise = noise_scale * torch.randn(batch * num_candidates, action_dim, device=obs.device)
-    actions = one_step_action(policy, obs_c, noise).clamp(-1, 1)
-    q = critic(obs_c, actions).min(0).values.view(batch, num_candidates)
-    idx = torch.multinomial(torch.softmax(q * temperature, dim=1), 1).squeeze(1)
-    return actions.view(batch, num_candidates, action_dim)[torch.arange(batch, device=obs.device), idx]
-
-
-# ======================================================================================================================
-# Losses and one update (Algorithm 1)
-# ======================================================================================================================
-METRICS = ("critic_loss", "q_data", "td_target", "fbc_loss", "q_loss", "actor_loss")
-
-
 def critic_loss(
-    policy_target: nn.Module,
-    critic: nn.Module,
-    critic_target: nn.Module,
-    batch: dict[str, torch.Tensor],
-    args: Args,
+    policy_target: nn.Module, critic: nn.Module, critic_target: nn.Module, batch: dict[str, torch.Tensor], args: Args
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_i E (y - Q_i(s, a))^2 (Eq. 6/17, DQL's sum of the two MSEs) and its metrics."""
     y = td_target(policy_target, critic_target, batch, args.discount, args.max_q_samples)
@@ -805,7 +688,7 @@ def actor_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L_FBC + eta * (-Q_1(s, a_pi).mean() / |Q_2(s, a)|.mean().detach()), the critics swapped at random (Eq. 7/17;
     alpha = eta / E|Q(s, a)| over dataset actions a as in Sec. 3.2, or over a_pi as in DQL's code); the Q gradient
-    flows through the one-step action only."""
+    flows through the one-step action only (App. I)."""
     obs, actions = batch["observations"], batch["actions"]
     batch_size, device = actions.shape[0], actions.device
     t, r = sample_times(batch_size, args.flow_ratio, args.time_sampler, args.time_mu, args.time_sigma, device)
@@ -825,29 +708,36 @@ def actor_loss(
     return loss, torch.stack([fbc, q_loss, loss]).detach()
 
 
+# ======================================================================================================================
+# ALGO LOGIC: one update is one iteration of Algorithm 1 (App. B); Agent.act for evaluation and online acting
+# ======================================================================================================================
+def lerp_(target: nn.Module, source: nn.Module, weight: float) -> None:
+    """target <- target + weight * (source - target), parameter-wise."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), weight)
+
+
 class Agent:
     """Policy, twin critics, their EMA targets, optimisers and LR schedules; `update` is one iteration of Alg. 1."""
 
+    STATE = ("policy", "policy_target", "critic", "critic_target", "policy_opt", "critic_opt", "policy_sched",
+             "critic_sched")  # fmt: skip
+    """what a checkpoint holds, besides the step counter"""
+
     def __init__(self, obs_dim: int, action_dim: int, args: Args, device: torch.device):
-        self.args = args
+        a = self.args = args
+        self.action_dim = action_dim
         self.policy = AverageVelocityNet(
-            obs_dim,
-            action_dim,
-            args.hidden_dim,
-            args.num_layers,
-            args.time_emb_dim,
-            args.time_emb_scale,
-            args.shared_time_mlp,
+            obs_dim, action_dim, a.hidden_dim, a.num_layers, a.time_emb_dim, a.time_emb_scale, a.shared_time_mlp
         ).to(device)
-        self.critic = TwinCritic(obs_dim, action_dim, args.hidden_dim, args.num_layers).to(device)
+        self.critic = TwinCritic(obs_dim, action_dim, a.hidden_dim, a.num_layers).to(device)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.policy_opt = adam(self.policy.parameters(), args.actor_lr, args, device)
-        self.critic_opt = adam(self.critic.parameters(), args.critic_lr, args, device)
+        self.policy_opt = adam(self.policy.parameters(), a.actor_lr, a, device)
+        self.critic_opt = adam(self.critic.parameters(), a.critic_lr, a, device)
         self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, self.lr_factor)
         self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, self.lr_factor)
         self.step = 0
-        self.train_step = compile_update(self.gradient_step, args, device)
+        self.train_step = compile_update(self.gradient_step, a, device)
 
     def lr_factor(self, step: int) -> float:
         """Cosine annealing to 0 over the whole run (DQL --lr_decay, CleanDiffuser's CosineAnnealingLR)."""
@@ -857,30 +747,24 @@ class Agent:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, step / (a.offline_steps + a.online_steps))))
 
     def update(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Alg. 1: critic step on the EMA-policy target, then actor step against the updated critic, then every K
-        steps the EMA. Returns the METRICS tensor (no host sync)."""
+        """Alg. 1 l. 1-5: the gradient step, then every K steps the EMA (theta' <- rho theta' + (1 - rho) theta, from
+        step ema_start; phi' likewise with --critic-tau None). Returns the METRICS tensor (no host sync)."""
         a = self.args
         self.step += 1
         metrics = self.train_step(batch)
         self.policy_sched.step()
         self.critic_sched.step()
-        # target networks (Alg. 1 step 5, with DQL's rates): phi' <- (1 - tau) phi' + tau phi every step (in the
-        # gradient step), and every K steps theta' <- rho theta' + (1 - rho) theta from step ema_start (phi' likewise
-        # with --critic-tau None)
         if self.step % a.ema_every == 0:
             with torch.no_grad():
                 if a.critic_tau is None:
-                    torch._foreach_lerp_(
-                        list(self.critic_target.parameters()), list(self.critic.parameters()), 1 - a.ema_rho
-                    )
+                    lerp_(self.critic_target, self.critic, 1 - a.ema_rho)
                 if self.step >= a.ema_start:
-                    policy_params = list(self.policy.parameters())
-                    torch._foreach_lerp_(list(self.policy_target.parameters()), policy_params, 1 - a.ema_rho)
+                    lerp_(self.policy_target, self.policy, 1 - a.ema_rho)
         return metrics
 
     def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The critic step, then the actor step against the updated critic, each with its clipping, and the per-step
-        Polyak update of phi' (what --compile compiles)."""
+        """The critic step on the EMA policy's target, the actor step against the updated critic, then DQL's per-step
+        Polyak update phi' <- (1 - tau) phi' + tau phi (what --compile compiles)."""
         a = self.args
         loss, critic_metrics = critic_loss(self.policy_target, self.critic, self.critic_target, batch, a)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -897,22 +781,17 @@ class Agent:
         self.policy_opt.step()
         if a.critic_tau is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(
-                    list(self.critic_target.parameters()), list(self.critic.parameters()), a.critic_tau
-                )
+                lerp_(self.critic_target, self.critic, a.critic_tau)
         return torch.cat([critic_metrics, actor_metrics])
 
-    STATE = (
-        "policy",
-        "policy_target",
-        "critic",
-        "critic_target",
-        "policy_opt",
-        "critic_opt",
-        "policy_sched",
-        "critic_sched",
-    )
-    """what a checkpoint holds, besides the step counter"""
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised observations [n, obs_dim] -> actions [n, action_dim] in [-1, 1], for evaluation and online
+        acting: sample_action with the EMA policy (--no-eval-ema: the online one) and the target critics."""
+        a = self.args
+        policy = self.policy_target if a.eval_ema else self.policy
+        return sample_action(
+            policy, self.critic_target, obs, self.action_dim, a.eval_candidates, a.eval_temperature, a.eval_noise_scale
+        )
 
     def state_dict(self) -> dict:
         return {**{name: getattr(self, name).state_dict() for name in self.STATE}, "step": self.step}
@@ -924,29 +803,42 @@ class Agent:
 
 
 # ======================================================================================================================
-# Training loop
+# ALGO LOGIC: acting as CleanDiffuser's DQL evaluation: N one-step candidates, one drawn by softmax over min-Q
 # ======================================================================================================================
-def resolve_args(args: Args, dataset_id: str) -> Args:
-    """Fill None hyperparameters from FAMILY_DEFAULTS / EVAL_TEMPERATURES, else BASE_DEFAULTS (spec §3-§5, §10)."""
-    defaults = {**BASE_DEFAULTS, **FAMILY_DEFAULTS.get(dataset_family(dataset_id), {})}
-    defaults["eval_temperature"] = next(
-        (temp for key, temp in EVAL_TEMPERATURES if key in dataset_id), defaults["eval_temperature"]
-    )
-    return Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
+@torch.no_grad()
+def sample_action(
+    policy: Callable,
+    critic: nn.Module,
+    obs: torch.Tensor,
+    action_dim: int,
+    num_candidates: int,
+    temperature: float,
+    noise_scale: float = 1.0,
+) -> torch.Tensor:
+    """CleanDiffuser's DQL acting: num_candidates one-step actions per state from noise scaled by noise_scale, scored
+    by the critic's min-Q; one is drawn from softmax(Q * temperature)."""
+    batch = obs.shape[0]
+    obs_c = obs.repeat_interleave(num_candidates, dim=0)
+    noise = noise_scale * torch.randn(batch * num_candidates, action_dim, device=obs.device)
+    actions = one_step_action(policy, obs_c, noise).clamp(-1, 1)
+    q = critic(obs_c, actions).min(0).values.view(batch, num_candidates)
+    idx = torch.multinomial(torch.softmax(q * temperature, dim=1), 1).squeeze(1)
+    return actions.view(batch, num_candidates, action_dim)[torch.arange(batch, device=obs.device), idx]
 
 
+# ======================================================================================================================
+# PLUMBING (TRY NOT TO MODIFY): argument checks, resume, run directory, checkpoints, logging, evaluation
+# ======================================================================================================================
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
 
 
 NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
-FIXED_ON_RESUME = (
-    "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
-    " compile"
-)
-"""flags (or parts of their names) that a resumed run cannot change: the task, the shapes of the networks, and
---compile (whose optimisers keep their learning rates in tensors)"""
+# flags (or parts of their names) a resumed run cannot change: the task, the network shapes, and --compile (whose
+# optimisers keep their learning rates in tensors)
+FIXED_ON_RESUME = "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb"
+FIXED_ON_RESUME += " shared_time_mlp compile"
 
 
 def flag(name: str) -> str:
@@ -988,8 +880,7 @@ def check_args(args: object) -> None:
 
 def parse_cli(args_type: type) -> tuple[object, set[str]]:
     """tyro's Args, and the names of the flags given on the command line (a resumed run keeps the others)."""
-    names = {f.name for f in fields(args_type)}
-    given = set()
+    names, given = {f.name for f in fields(args_type)}, set()
     for token in sys.argv[1:]:
         name = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else ""
         given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
@@ -997,20 +888,17 @@ def parse_cli(args_type: type) -> tuple[object, set[str]]:
 
 
 def read_checkpoint(path: str, algo: str) -> dict:
-    """The checkpoint, loaded on the CPU (RNG states must stay CPU tensors; load_state_dict moves the rest), checked
-    before any dataset is loaded."""
+    """The checkpoint, loaded on the CPU (the RNG states must stay CPU tensors), checked before any data is loaded."""
     if not os.path.exists(path):
         raise UsageError(f"--resume {path}: no such file")
-    if os.path.isdir(path):
-        raise UsageError(f"--resume {path} is a directory; pass the model.pt inside a run directory")
-    if os.path.getsize(path) == 0:
-        raise UsageError(f"--resume {path} is empty")
+    if os.path.isdir(path) or os.path.getsize(path) == 0:
+        what = "is a directory; pass the model.pt inside a run directory" if os.path.isdir(path) else "is empty"
+        raise UsageError(f"--resume {path} {what}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise UsageError(
-            f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
-        ) from None
+        error = f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
+        raise UsageError(error) from None
     if not isinstance(ckpt, dict) or "algo" not in ckpt or "args" not in ckpt:
         raise UsageError(f"--resume {path} is not a checkpoint of algos/{algo}.py")
     if ckpt["algo"] != algo:
@@ -1023,17 +911,15 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     apply with a notice; the task and the network shapes cannot change."""
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    given -= {"resume", "eval_only"}
-    merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
-    merged["eval_only"] = args.eval_only
-    for name in sorted(given & set(saved)):
+    merged = {f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}
+    merged.update(resume=args.resume, eval_only=args.eval_only)
+    for name in sorted((given - {"resume", "eval_only"}) & set(saved)):
         new, old = getattr(args, name), saved[name]
-        if new == old:
-            continue
-        if any(part in name for part in FIXED_ON_RESUME.split()):
+        if new != old and any(part in name for part in FIXED_ON_RESUME.split()):
             raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
-        print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
-        merged[name] = new
+        if new != old:
+            print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
+            merged[name] = new
     return type(args)(**merged)
 
 
@@ -1043,12 +929,10 @@ def check_writable(directory: str, what: str) -> None:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
         raise UsageError(f"cannot write to {what} {directory} ({e.strerror or e})") from None
-    free = shutil.disk_usage(existing).free
-    if free < 100 * 2**20:
+    if (free := shutil.disk_usage(existing).free) < 100 * 2**20:
         raise UsageError(f"{what} {directory} is on a disk with only {free / 2**20:.0f} MiB free")
 
 
@@ -1082,6 +966,18 @@ def truncate_jsonl(path: str, max_step: int) -> None:
             f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= max_step)
 
 
+def seed_everything(args: object) -> torch.device:
+    """Seed python, numpy and torch; the training device: CUDA when present (and --cuda), with TF32 under --tf32."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    return device
+
+
 def rng_state() -> dict:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
@@ -1095,8 +991,10 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(state: dict, path: str) -> None:
-    """Write to path.tmp, then rename: never a half-written checkpoint, and no stray .tmp after an interruption."""
+def save_checkpoint(path: str, step: int, agent: object, args: object, **state: object) -> None:
+    """One schema for the four scripts: the script, step, agent, arguments, RNG states and the script's other state
+    (replay buffer, observation statistics, env). Written to path.tmp and renamed: never half a checkpoint."""
+    state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), "rng": rng_state(), **state}
     try:
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
@@ -1150,12 +1048,44 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
+def summary(row: dict, keys: Iterable[str]) -> str:
+    """'key value | key value' for those of `keys` that the row has."""
+    return " | ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
+
+
+class Logger:
+    """A run's rows: appended to run_dir/{kind}.jsonl (kind: train or eval), their numbers sent to W&B as {kind}/{key}
+    with --track (with the evaluation's video, if any), and printed as one line."""
+
+    def __init__(self, run_dir: str, args: object):
+        self.run_dir, self.wandb = run_dir, None
+        if args.track:
+            import wandb
+
+            name = os.path.basename(run_dir)
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=name,
+                       id=name[-128:], resume="allow", save_code=True)  # fmt: skip
+            self.wandb = wandb
+
+    def log(self, kind: str, row: dict, line: str = "", video: str = "") -> None:
+        append_jsonl(os.path.join(self.run_dir, f"{kind}.jsonl"), row)
+        if self.wandb:
+            media = {f"{kind}/video": self.wandb.Video(video)} if video else {}
+            numbers = {f"{kind}/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+            self.wandb.log({**numbers, **media}, step=row["step"])
+        if line:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.wandb:
+            self.wandb.finish()
+
+
 def make_eval_envs(
     make_env: Callable[..., gym.Env], num_episodes: int, workers: int, render: bool = False
 ) -> gym.vector.VectorEnv:
-    """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
-    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`. render: the
-    first copy renders rgb_array frames (--capture-video)."""
+    """One env copy per episode, stepped in this process (workers 0), or `workers` copies in as many processes
+    (AsyncVectorEnv, forked), which run the episodes in waves. render: the first copy renders rgb_array frames."""
     if workers == 0:
         first = (lambda: make_env(render_mode="rgb_array")) if render else make_env
         return gym.vector.SyncVectorEnv([first] + [make_env] * max(0, num_episodes - 1))
@@ -1165,45 +1095,35 @@ def make_eval_envs(
 def evaluate(
     act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str = ""
 ) -> dict:
-    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
-    step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
-    open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
-    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
-    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is. video: a
-    path to write the first episode to as mp4 (the first env renders, see make_eval_envs)."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
-        return run_episodes(act, envs, num_episodes, seed, video)
-
-
-def run_episodes(
-    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str
-) -> dict:
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, one batched policy call per step:
+    act(all observations) -> env actions [n, action_dim], or chunks [n, h, action_dim] run open-loop. An episode that
+    ends is masked out until its wave ends. Returns raw returns, lengths and, where the env reports info['success'],
+    whether it was reached at any step (D4RL's terminate-at-goal semantics). The policy's noise comes from a stream
+    seeded by `seed`; training's stream is left as it is. video: write the first episode there as mp4."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
-    for start in range(0, num_episodes, n):
-        obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
-        active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
-        count = int(active.sum())
-        ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
-        recording = bool(video) and start == 0
-        frames += [envs.envs[0].render()] if recording else []
-        while active.any():
-            for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
-                obs, reward, terminated, truncated, info = envs.step(action)
-                if recording and active[0]:
-                    frames.append(envs.envs[0].render())
-                ret += np.where(active, reward, 0.0)
-                length += active
-                if "success" in info:
-                    got = active & info["_success"]
-                    success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
-                active &= ~(terminated | truncated)
-                if not active.any():
-                    break
-        returns += ret[:count].tolist()
-        lengths += length[:count].tolist()
-        successes += [s for s in success[:count] if not np.isnan(s)]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)  # the same noise for a checkpoint however it is reached (--eval-only)
+        for start in range(0, num_episodes, n):
+            obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+            active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
+            count, recording = int(active.sum()), bool(video) and start == 0
+            ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+            frames += [envs.envs[0].render()] if recording else []
+            while active.any():
+                for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                    obs, reward, terminated, truncated, info = envs.step(action)
+                    frames += [envs.envs[0].render()] if recording and active[0] else []
+                    ret += np.where(active, reward, 0.0)
+                    length += active
+                    if "success" in info:
+                        got = active & info["_success"]
+                        success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
+                    active &= ~(terminated | truncated)
+                    if not active.any():
+                        break
+            returns, lengths = returns + ret[:count].tolist(), lengths + length[:count].tolist()
+            successes += [s for s in success[:count] if not np.isnan(s)]
     if frames:
         from moviepy import ImageSequenceClip
 
@@ -1211,9 +1131,7 @@ def run_episodes(
         fps = envs.envs[0].metadata.get("render_fps", 30)
         ImageSequenceClip(frames, fps=fps).write_videofile(video, logger=None)
     out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
-    if successes:
-        out["success_rate"] = np.array(successes)
-    return out
+    return {**out, "success_rate": np.array(successes)} if successes else out
 
 
 def video_file(run_dir: str, step: int) -> str:
@@ -1225,9 +1143,7 @@ def check_video(make_env: Callable[..., gym.Env]) -> None:
     try:
         import moviepy  # noqa: F401
     except ImportError:
-        raise UsageError(
-            "--capture-video writes mp4 files with moviepy: pip install -r requirements-video.txt"
-        ) from None
+        raise UsageError("--capture-video writes mp4 with moviepy: pip install -r requirements-video.txt") from None
     try:
         env = make_env(render_mode="rgb_array")
         env.reset(seed=0)
@@ -1246,30 +1162,21 @@ def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
     """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
     path = os.path.splitext(checkpoint)[0] + "_eval.json"
     with open(path, "w") as f:
-        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
-                   "seed": args.seed}, f, indent=2)  # fmt: skip
+        out = {"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes}
+        json.dump({**out, "seed": args.seed}, f, indent=2)
     print(f"wrote {path}")
 
 
-def training_device(args: object) -> torch.device:
-    """CUDA when present (and --cuda), else the CPU; on CUDA, TF32 matmuls and convolutions with --tf32."""
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
-    return device
-
-
 def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
-    """Adam; with --compile its learning rate is a (float64) tensor, so that the compiled step does not recompile each
-    time a schedule moves it. The compiled step divides by the learning rate (a zero gradient at lr 0 gives NaN), so
-    no schedule here is at 0 while it trains."""
+    """Adam; under --compile its learning rate is a float64 tensor, so that moving it does not recompile the step. The
+    compiled step divides by it (a zero gradient at lr 0 gives NaN): no schedule here is at 0 while it trains."""
     return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
 
 
 def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
     """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
-    torch.compile; on CUDA with mode reduce-overhead, which replays it as CUDA graphs, one launch instead of hundreds.
-    The step returns its metrics tensor, copied: a CUDA graph overwrites its outputs on the next replay."""
+    torch.compile; on CUDA in mode reduce-overhead, replayed as CUDA graphs. Its metrics are copied: a CUDA graph
+    overwrites its outputs at the next replay."""
     if not args.compile:
         return train_step
     compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
@@ -1284,19 +1191,9 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 # --- end of the shared run plumbing ---
 
 
-def save_checkpoint(path: str, agent: Agent, buffer: ReplayBuffer, obs_stats: dict, args: Args) -> None:
-    state = {
-        "algo": ALGO,
-        "step": agent.step,
-        "agent": agent.state_dict(),
-        "online_buffer": buffer.online_part(),
-        "obs_stats": obs_stats,
-        "args": asdict(args),
-        "rng": rng_state(),
-    }
-    save_atomic(state, path)
-
-
+# ======================================================================================================================
+# main: the offline phase, then (with --online-steps) online fine-tuning on the same buffer
+# ======================================================================================================================
 def main(args: Args, given: Optional[set[str]] = None) -> None:
     """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
     check_args(args)
@@ -1311,11 +1208,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         return
     if ckpt is None:
         check_writable(args.output_dir, "--output-dir")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = training_device(args)
+    device = seed_everything(args)
 
     scale, bias = default_reward_transform(dataset_family(dataset_id))
     scale = scale if args.reward_scale is None else args.reward_scale
@@ -1323,7 +1216,6 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, scale, bias, not args.eval_only)
     if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
         obs_stats = ckpt["obs_stats"]
-        obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
     else:
         data = task.data
         obs_mean = data["observations"].mean(0) if args.normalize_obs else np.zeros_like(data["observations"][0])
@@ -1335,6 +1227,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
                 split[k] = (split[k] - obs_mean) / obs_std
         buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
         val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
     obs_dim, action_dim = len(obs_mean), len(task.action_low)
     agent = Agent(obs_dim, action_dim, args, device)
     if ckpt is not None:
@@ -1343,35 +1236,23 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     def normalize(raw_obs: object) -> np.ndarray:
         return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
 
-    acting_policy = agent.policy_target if args.eval_ema else agent.policy
-
-    def policy(raw_obs: object) -> np.ndarray:  # [n, action_dim] in [-1, 1], evaluation and online acting (spec §5, §6)
+    def policy(raw_obs: object) -> np.ndarray:  # env observations -> [n, action_dim] in [-1, 1]
         obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
-        action = sample_action(
-            acting_policy,
-            agent.critic_target,
-            obs_t,
-            action_dim,
-            args.eval_candidates,
-            args.eval_temperature,
-            args.eval_noise_scale,
-        )
-        return action.cpu().numpy()
+        return agent.act(obs_t).cpu().numpy()
 
     if args.capture_video:
         check_video(task.make_env)
     eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
 
     def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation: its eval.jsonl row (normalized_score where the dataset has reference scores); with
-        --capture-video, its first episode in run_dir/videos/."""
+        """One evaluation, printed: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
         print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
         video = video_file(run_dir, step) if args.capture_video else ""
         result = evaluate(lambda o: task.env_action(policy(o)), eval_envs, args.eval_episodes, args.seed, video)
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
         if task.normalized_score is not None:
             row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
-        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+        print(summary(row, list(row)[1:]))
         return row
 
     if args.eval_only:
@@ -1384,28 +1265,17 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             truncate_jsonl(os.path.join(run_dir, f), agent.step)
     else:
         run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    run_name = os.path.basename(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
-
-    wandb = None
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=asdict(args),
-            name=run_name,
-            id=run_name.replace("/", "-")[-128:],
-            resume="allow",
-            save_code=True,
-        )
+    logger = Logger(run_dir, args)
     print(
         f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
-        f"obs {obs_dim}, action {action_dim}, device {device}, run dir {run_dir}"
+        f"obs {obs_dim}, action {action_dim}, device {device}; config in {os.path.join(run_dir, 'config.json')}"
     )
-    print("| " + " | ".join(f"{k}={v}" for k, v in asdict(args).items()) + " |")
+
+    def save() -> None:
+        state = dict(online_buffer=buffer.online_part(), obs_stats=obs_stats)
+        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args, **state)
 
     env = task.make_env() if args.online_steps > 0 else None
     # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
@@ -1418,7 +1288,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
     while agent.step < total_steps and not progress.stop:
         online = agent.step >= args.offline_steps
-        if online:  # one env step, then one update on the shared buffer (UTD 1, spec §6)
+        if online:  # one env step, then one update on the shared buffer (UTD 1)
             action = policy(obs)[0]
             next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
             buffer.add(
@@ -1437,75 +1307,51 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         metrics = agent.update(buffer.sample(args.batch_size))
         metric_sum = metrics if metric_sum is None else metric_sum + metrics
         metric_count += 1
-        step = agent.step
-        progress.step(f"[{'online' if online else 'offline'} {step}/{total_steps}]")
+        step, phase = agent.step, "online" if online else "offline"
+        progress.step(f"[{phase} {step}/{total_steps}]")
 
         if step % args.log_interval == 0 or step == total_steps:
-            values = (metric_sum / metric_count).tolist()  # the only host sync of the interval
-            if not all(math.isfinite(v) for v in values):
+            means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+            if not all(math.isfinite(v) for v in means.values()):
                 raise FloatingPointError(
-                    f"non-finite loss at step {step}: {dict(zip(METRICS, values))}. Try a smaller --eta, "
+                    f"non-finite loss at step {step}: {means}. Try a smaller --eta, "
                     "--actor-lr or --critic-lr, set --grad-clip, and check the dataset for NaN/inf values."
                 )
-            sps = progress.log()
-            row = {
-                "step": step,
-                "phase": "online" if online else "offline",
-                **dict(zip(METRICS, values)),
-                "actor_lr": float(agent.policy_sched.get_last_lr()[0]),
-                "critic_lr": float(agent.critic_sched.get_last_lr()[0]),
-                "sps": sps,
-            }
+            row = {"step": step, "phase": phase, **means, "actor_lr": float(agent.policy_sched.get_last_lr()[0]),
+                   "critic_lr": float(agent.critic_sched.get_last_lr()[0]), "sps": progress.log()}  # fmt: skip
             if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
                 # under a forked RNG, so that validation leaves the training run's random stream as it is
                 with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     batch = val_buffer.sample(args.batch_size)
-                    val = torch.cat(
-                        [
-                            critic_loss(agent.policy_target, agent.critic, agent.critic_target, batch, args)[1],
-                            actor_loss(agent.policy, agent.critic, batch, args)[1],
-                        ]
-                    )
+                    critic_val = critic_loss(agent.policy_target, agent.critic, agent.critic_target, batch, args)[1]
+                    val = torch.cat([critic_val, actor_loss(agent.policy, agent.critic, batch, args)[1]])
                 row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
             if episodes:
                 row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
                 row["episodic_length"] = float(np.mean([n for _, n in episodes]))
                 row["online_env_steps"] = step - args.offline_steps
-            append_jsonl(os.path.join(run_dir, "train.jsonl"), row)
-            if wandb:
-                charts = {f"charts/{k}": row[k] for k in ("episodic_return", "episodic_length") if k in row}
-                losses = {f"losses/{k}": row[k] for k in (*METRICS, "actor_lr", "critic_lr")}
-                val = {k: v for k, v in row.items() if k.startswith("val/")}
-                wandb.log({**losses, **val, **charts, "charts/SPS": sps}, step=step)
-            last = " | ".join(f"{k} {v:.3g}" for k, v in last_eval.items())
-            print(
-                f"[{row['phase']} {step}/{total_steps}] SPS {sps:.2f} | critic {row['critic_loss']:.4g}"
-                f" | fbc {row['fbc_loss']:.4g} | q_loss {row['q_loss']:.4g} | Q {row['q_data']:.4g}"
-                + (f" | last eval: {last}" if last else "")
-            )
+            line = f"[{phase} {step}/{total_steps}] SPS {row['sps']:.2f} | "
+            line += summary(row, ("critic_loss", "fbc_loss", "q_loss", "q_data", "episodic_return"))
+            logger.log("train", row, line + (f" | last eval: {summary(last_eval, last_eval)}" if last_eval else ""))
             metric_sum, metric_count, episodes = None, 0, []
 
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
                 row = evaluation(step, run_dir)
-                append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
-                if wandb:
-                    media = {"eval/video": wandb.Video(video_file(run_dir, step))} if args.capture_video else {}
-                    wandb.log({**{f"eval/{k}": v for k, v in row.items() if k != "step"}, **media}, step=step)
+                logger.log("eval", row, video=video_file(run_dir, step) if args.capture_video else "")
                 last_eval = {k: v for k, v in row.items() if k != "step"}
             if args.save_model:
-                save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, obs_stats, args)
+                save()
                 if args.save_every_eval:
                     shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
             progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, obs_stats, args)
+        save()
     eval_envs.close()
     if env is not None:
         env.close()
-    if wandb:
-        wandb.finish()
+    logger.close()
     progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 

@@ -1,29 +1,15 @@
-# SOM: "Score-Based One-step MeanFlow Policy Optimization" (Kim, Ki, Ahn, Lee; arXiv 2605.23365, 2026)
-# paper: https://arxiv.org/abs/2605.23365 -- there is NO official code
-# [secondary] a third-party reimplementation that says it follows the paper (not the authors' code):
+# SOM: "Score-Based One-step MeanFlow Policy Optimization" (Kim, Ki, Ahn, Lee; 2026), https://arxiv.org/abs/2605.23365
+# No official code. [secondary]: a third-party reimplementation that says it follows the paper (not the authors' code),
 #   https://github.com/SakodaShintaro/vla_streaming_rl  src/vla_streaming_rl/networks/modules/policy_head.py
-# [reconstructed] RL loop, exploration and temperature after DPMD/SDAC (Ma et al., ICML 2025):
+# [reconstructed]: the RL loop, exploration and temperature after DPMD/SDAC (Ma et al., ICML 2025),
 #   https://github.com/mahaitongdae/diffusion_policy_online_rl
-# spec: shared/specs/som.md ("spec §N" below); envs: shared/specs/data_and_envs.md ("data §N")
-#
-# What is the paper's: an online actor-critic without offline data whose target is the Boltzmann policy
-# p_0(a|s) ∝ exp(Q(s, a) / alpha); the score of its noised versions is estimated with iDEM's Monte-Carlo estimator,
-# turned into a probability-flow-ODE velocity, and a one-step MeanFlow actor is trained to follow it through the
-# MeanFlow identity; Best-of-N action selection. That is all the paper's text available to us gives.
-# What is NOT the paper's: every equation constant and loop detail below -- the VP-SDE schedule, K, the Q
-# standardisation, the score normalisation and scale w, the (t, r) sampler, the adaptive weight [secondary]; which a_0
-# get noised, squashing, N, exploration, temperature, the critic loop [reconstructed]. Each is a flag whose default is
-# the secondary's, except four and the score estimator, and NONE of these defaults is confirmed by the paper.
-# The four: the secondary's target (unit-normalised score x 25, Q standardised over the K x B block, 1/alpha = 1)
-# does not learn InvertedPendulum-v5. The unit score drops the temperature (its flow sends every sample to the mode;
-# tests/test_som.py). The defaults are the plain PF-ODE of exp(10 Q):
-# --score-norm none --score-scale 1 --q-norm none --alpha-inv 10 (the secondary's: unit 25 block 1).
-# The estimator: at beta_max = 20 (so that the forward process ends at the N(0, I) the policy acts from) iDEM's
-# proposals reach 150x the action box, where the critic only extrapolates; the default restricts the Boltzmann
-# target to the box and estimates the score by Tweedie's formula over proposals truncated to it (boltzmann_score).
-#
-# Time convention (MeanFlow / VP-SDE): t=0 is the action, t=1 is noise, r <= t. The actor predicts the average
-# velocity u(a_t, r, t, s) of the PF-ODE flow and acts in one step with a = squash(e - u(e, 0, 1, s)), e ~ N(0, I).
+# The paper's: an online actor-critic whose target is the Boltzmann policy p_0(a|s) ∝ exp(Q(s, a) / alpha); an iDEM
+# Monte-Carlo score of its noised versions becomes a probability-flow-ODE velocity, which a one-step MeanFlow actor
+# follows through the MeanFlow identity; Best-of-N action selection. Every constant and loop detail is [secondary] or
+# [reconstructed] and NOT confirmed by the paper; four score-target defaults and the score estimator differ from the
+# secondary's (algos/README.md "SOM").
+# Time (MeanFlow / VP-SDE): t=0 is the action, t=1 is noise, r <= t. The actor predicts the average velocity
+# u(a_t, r, t, s) of the PF-ODE flow and acts in one step, a = squash(e - u(e, 0, 1, s)), e ~ N(0, I).
 import itertools
 import json
 import math
@@ -40,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional, Union
 
 # torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
-# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+# (results/README.md "Threads on a shared machine"). Read when torch loads; OMP_WAIT_POLICY=ACTIVE overrides it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
@@ -57,152 +43,81 @@ ALGO = "som"
 
 @dataclass
 class Args:
-    """SOM, online (arXiv 2605.23365). The paper gives the mechanism but no equations or constants: every algorithm
-    default below is [secondary] (a third-party reimplementation) or [reconstructed] (DPMD/SDAC, iDEM, standard maths)
-    and NOT confirmed by the paper; four score-target defaults and the score estimator differ from the secondary's
-    (header)."""
+    """SOM, online (arXiv 2605.23365)."""
 
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """experiment name; part of the run name"""
-    seed: int = 1
-    """RNG seed for python, numpy, torch and the env"""
-    torch_deterministic: bool = True
-    """set cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when available"""
-    track: bool = False
-    """log to Weights & Biases (works with WANDB_MODE=offline)"""
-    wandb_project_name: str = "meanflow-rl"
-    """W&B project"""
-    wandb_entity: Optional[str] = None
-    """W&B entity (team); None means the default entity"""
-    save_model: bool = False
-    """write {output_dir}/{run_name}/model.pt at every evaluation and when stopped by Ctrl-C"""
-    resume: Optional[str] = None
-    """path to a model.pt to resume from; the run continues in that checkpoint's directory, with its arguments"""
-    save_every_eval: bool = False
-    """with --save-model, also keep model_{step}.pt at every evaluation"""
-    eval_only: bool = False
-    """with --resume: evaluate the checkpoint's policy (--eval-episodes episodes, its own settings) without training;
-    the summary is printed and written next to it as {checkpoint}_eval.json"""
-    output_dir: str = "runs"
-    """runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/"""
-    compile: bool = False
-    """torch.compile the whole gradient step (on CUDA also captured in CUDA graphs) and the action selection"""
-    tf32: bool = True
-    """CUDA: TF32 matmuls (about 10 significant bits, much faster on Ampere and later GPUs); --no-tf32 for full FP32"""
+    env_id: str = "HalfCheetah-v4"  # Gymnasium id with Box obs and actions; the paper's suite: MuJoCo -v4 locomotion
+    total_timesteps: int = 1_000_000  # environment steps; one gradient update per step from learning_starts on
+    learning_starts: int = 30_000  # steps of uniform-random actions before updates begin [reconstructed: DPMD]
+    seed: int = 1  # RNG seed for python, numpy, torch and the env
+    eval_interval: int = 10_000  # evaluate every this many env steps (and at the end)
+    eval_episodes: int = 20  # episodes per evaluation
+    eval_workers: int = 0  # 0: all episodes batched in this process; N > 0: N processes (AsyncVectorEnv), waves of N
+    capture_video: bool = False  # first episode of each evaluation to run_dir/videos/eval_{step}.mp4; needs moviepy
+    log_interval: int = 5000  # write train.jsonl and print progress every this many env steps
+    save_model: bool = False  # write run_dir/model.pt at every evaluation and when stopped by Ctrl-C
+    save_every_eval: bool = False  # with --save-model, also keep model_{step}.pt at every evaluation
+    resume: Optional[str] = None  # a model.pt to resume from, in its run directory and with its arguments
+    eval_only: bool = False  # with --resume: evaluate the checkpoint, write {checkpoint}_eval.json, no training
+    output_dir: str = "runs"  # runs go to {output_dir}/{env_id}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}/
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # experiment name; part of the run name
+    track: bool = False  # log to Weights & Biases (works with WANDB_MODE=offline)
+    wandb_project_name: str = "meanflow-rl"  # W&B project
+    wandb_entity: Optional[str] = None  # W&B entity (team); None means the default entity
+    save_dataset: Optional[str] = None  # at the end, the replay buffer as this Minari dataset id (e.g. som/hopper-v0)
+    cuda: bool = True  # use CUDA when available
+    compile: bool = False  # torch.compile the gradient steps (on CUDA also captured in CUDA graphs)
+    tf32: bool = True  # CUDA: TF32 matmuls (about 10 significant bits, much faster); --no-tf32 for full FP32
+    torch_deterministic: bool = True  # set cudnn.deterministic
 
-    # --- environment and schedule ---
-    env_id: str = "HalfCheetah-v4"
-    """Gymnasium env id with Box observations and actions; the paper's suite is MuJoCo -v4 (Hopper, HalfCheetah,
-    Walker2d, Ant, Humanoid)"""
-    total_timesteps: int = 1_000_000
-    """environment steps; one gradient update per step once learning_starts is reached"""
-    learning_starts: int = 30_000
-    """steps of uniform-random actions before updates begin [reconstructed: DPMD]"""
-    batch_size: int = 256
-    """transitions per gradient step"""
-    eval_interval: int = 10_000
-    """evaluate every this many env steps (and at the end)"""
-    eval_episodes: int = 20
-    """episodes per evaluation"""
-    eval_workers: int = 0
-    """0: the evaluation episodes all run at once in this process, one batched policy call per step; N > 0: in N
-    processes (gymnasium's AsyncVectorEnv), in waves of N episodes, for machines with cores to spare"""
-    capture_video: bool = False
-    """record the first episode of each evaluation to {run_dir}/videos/eval_{step}.mp4 (and wandb with --track); needs
-    moviepy (requirements-video.txt) and offscreen rendering (headless MuJoCo: MUJOCO_GL=egl or osmesa)"""
-    log_interval: int = 5000
-    """write train.jsonl and print progress every this many env steps"""
-    save_dataset: Optional[str] = None
-    """at the end, write the replay buffer as this Minari dataset id (e.g. som/halfcheetah-v0) under
-    $MINARI_DATASETS_PATH, for the offline scripts"""
+    # --- algorithm ---
+    batch_size: int = 256  # transitions per gradient step
+    num_samples: int = 32  # N, one-step candidates scored by min(Q1, Q2) to act, evaluate and pick the TD target action
+    num_mc_samples: int = 100  # K, Monte-Carlo proposals per state in the score estimator [secondary]
+    alpha_inv: float = 10.0  # inverse Boltzmann temperature 1/alpha on Q (after --q-norm); secondary: 1
+    score_estimator: Literal["box", "idem"] = "box"  # box: Tweedie over box-truncated proposals; idem: secondary's
+    hidden_dims: tuple[int, ...] = (256, 256, 256)  # actor MLP widths (Mish); the first is each time embedding's width
+    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)  # widths of both critic MLPs (Mish)
+    discount: float = 0.99  # discount gamma
+    tau: float = 0.005  # Polyak rate of the target critics
+    reward_scale: float = 0.2  # rewards are multiplied by this in the TD target [reconstructed: DPMD]
+    policy_delay: int = 2  # critic steps per actor step and target update
+    critic_lr: float = 3e-4  # critic Adam learning rate
+    actor_lr: float = 3e-4  # initial actor Adam learning rate
+    actor_lr_end: float = 3e-5  # final actor learning rate
+    actor_lr_decay: tuple[int, int] = (25_000, 75_000)  # actor updates over which the lr falls linearly to actor_lr_end
+    squash: Literal["clip", "tanh"] = "clip"  # map of the one-step output e - u into the action box [-1, 1]
+    explore: Literal["dpmd", "none"] = "dpmd"  # dpmd: add N(0, (explore_noise alpha_e)^2), alpha_e auto-tuned; none
 
-    # --- score target and MeanFlow loss (spec §2-§4) [secondary unless marked] ---
-    beta_min: float = 0.1
-    """VP-SDE beta(0)"""
-    beta_max: float = 20.0
-    """VP-SDE beta(1); 20 ends the forward process at N(0.0066 a_0, 0.99996 I), the prior the policy acts from (at 5
-    it ends at N(0.28 a_0, 0.92 I), and one-step actions are pulled toward the centre of the box)"""
-    num_mc_samples: int = 100
-    """K, Monte-Carlo proposals per state in the iDEM score estimator"""
-    alpha_inv: float = 10.0
-    """inverse Boltzmann temperature 1/alpha, applied to Q (standardised with --q-norm block); spec: 1"""
-    q_norm: Literal["block", "none"] = "none"
-    """block: standardise Q over the whole K x B block of proposals before the log-sum-exp (spec default)"""
-    score_q: Literal["min", "mean"] = "min"
-    """twin-critic aggregation inside the score estimator [reconstructed]"""
-    score_estimator: Literal["box", "idem"] = "box"
-    """box: Tweedie's formula with the proposals truncated to the action box (p_0 lives there); idem: iDEM's
-    reparameterised gradient over untruncated proposals (the secondary's), see boltzmann_score"""
-    score_norm: Literal["unit", "none"] = "none"
-    """n(score) in the velocity target: the raw score (PF-ODE), or unit-normalised per sample (spec default)"""
-    score_scale: float = 1.0
-    """w in v = -beta(t)/2 (a_t + w n(score)); with --score-norm none and 1 this is the plain PF-ODE; spec: 25"""
-    eq_ratio: float = 0.25
-    """fraction of the batch with r = t"""
-    adaptive_p: float = 1.0
-    """adaptive loss weight sg((delta^2 + c)^-p), delta^2 the per-sample mean squared error"""
-    adaptive_c: float = 1e-3
-    """c in the adaptive loss weight"""
-    a0_source: Literal["buffer", "policy"] = "buffer"
-    """which a_0 get noised: replay actions, or current one-step policy samples as in iDEM/DPMD [reconstructed]"""
-
-    # --- acting, exploration and temperature (spec §5) [reconstructed] ---
-    squash: Literal["clip", "tanh"] = "clip"
-    """map of the one-step output e - u into the action box [-1, 1]"""
-    num_samples: int = 32
-    """N, one-step candidates scored by min(Q1, Q2) for acting, evaluation and the TD target (Best-of-N)"""
-    explore: Literal["dpmd", "none"] = "dpmd"
-    """dpmd: add N(0, (explore_noise * alpha_e)^2) to the acting action, alpha_e auto-tuned; none: no noise"""
-    explore_noise: float = 0.1
-    """exploration std per unit of alpha_e"""
-    alpha_e_init: float = 5.0
-    """initial alpha_e"""
-    alpha_e_lr: float = 7e-3
-    """Adam learning rate of log alpha_e"""
-    alpha_e_interval: int = 250
-    """gradient steps between alpha_e updates"""
-    target_entropy_scale: float = 0.9
-    """alpha_e drives the Gaussian entropy of the exploration noise to -scale * action_dim"""
-    temperature_mode: Literal["fixed", "dpmd"] = "fixed"
-    """fixed: 1/alpha = alpha_inv; dpmd: 1/alpha = alpha_inv * alpha_e_init / alpha_e (greedier as alpha_e falls)"""
-
-    # --- critic and optimisation (spec §6) [reconstructed: DPMD/SDAC] ---
-    discount: float = 0.99
-    """discount gamma"""
-    tau: float = 0.005
-    """Polyak rate of the target critics"""
-    reward_scale: float = 0.2
-    """rewards are multiplied by this in the TD target"""
-    policy_delay: int = 2
-    """critic steps per actor step and target update"""
-    critic_lr: float = 3e-4
-    """critic Adam learning rate"""
-    actor_lr: float = 3e-4
-    """initial actor Adam learning rate"""
-    actor_lr_end: float = 3e-5
-    """final actor learning rate"""
-    actor_lr_decay: tuple[int, int] = (25_000, 75_000)
-    """actor updates between which the actor lr falls linearly from actor_lr to actor_lr_end"""
-    hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """actor MLP widths (Mish); the first is also the width of each time embedding"""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """critic MLP widths (Mish), both critics"""
+    # --- rarely changed: reconstructed constants and ablation switches ---
+    beta_min: float = 0.1  # VP-SDE beta(0) [secondary]
+    beta_max: float = 20.0  # VP-SDE beta(1); 20 ends the forward process at ~N(0, I), the prior the policy acts from
+    q_norm: Literal["block", "none"] = "none"  # block: standardise Q over the K x B proposals (secondary's)
+    score_q: Literal["min", "mean"] = "min"  # twin-critic aggregation inside the score estimator
+    score_norm: Literal["unit", "none"] = "none"  # n(score) in the velocity target: raw (PF-ODE) or unit (secondary's)
+    score_scale: float = 1.0  # w in v = -beta(t)/2 (a_t + w n(score)); none and 1: the plain PF-ODE; secondary: 25
+    eq_ratio: float = 0.25  # fraction of the batch with r = t [secondary]
+    adaptive_p: float = 1.0  # p in the adaptive loss weight sg((delta^2 + c)^-p) [secondary]
+    adaptive_c: float = 1e-3  # c in the adaptive loss weight [secondary]
+    a0_source: Literal["buffer", "policy"] = "buffer"  # which a_0 get noised: replay actions or one-step policy samples
+    explore_noise: float = 0.1  # exploration std per unit of alpha_e [reconstructed: DPMD]
+    alpha_e_init: float = 5.0  # initial alpha_e
+    alpha_e_lr: float = 7e-3  # Adam learning rate of log alpha_e
+    alpha_e_interval: int = 250  # gradient steps between alpha_e updates
+    target_entropy_scale: float = 0.9  # alpha_e drives the exploration noise's entropy to -scale * action_dim
+    temperature_mode: Literal["fixed", "dpmd"] = "fixed"  # fixed: 1/alpha = alpha_inv; dpmd: x alpha_e_init / alpha_e
 
 
 # ======================================================================================================================
-# Environment and replay buffer (data §8)
+# PLUMBING (TRY NOT TO MODIFY): environment and replay buffer
 # ======================================================================================================================
 class ConfigError(Exception):
     """An expected, user-fixable problem (unknown --env-id, unusable --save-dataset id); printed without a traceback."""
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
-    """gym.make (kwargs: e.g. render_mode) with a clear error for unknown ids; SOM needs Box observations and a bounded
-    Box action space."""
+    """gym.make (kwargs: e.g. render_mode), checked for Box observations and a bounded Box action space."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is out of date.*")  # -v4 is the paper's suite (spec §8)
+        warnings.filterwarnings("ignore", message=".*is out of date.*")  # -v4 is the paper's suite
         try:
             env = gym.make(env_id, **kwargs)
         except gym.error.Error as e:
@@ -212,12 +127,8 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
                 "paper's suite) or InvertedPendulum-v5."
             ) from None
     obs_space, act_space = env.observation_space, env.action_space
-    if not (
-        isinstance(obs_space, gym.spaces.Box)
-        and isinstance(act_space, gym.spaces.Box)
-        and np.all(np.isfinite(act_space.low))
-        and np.all(np.isfinite(act_space.high))
-    ):
+    boxes = isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    if not (boxes and np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
         env.close()
         raise ConfigError(
             f"--env-id '{env_id}' has {obs_space} / {act_space}; SOM needs Box obs and bounded Box actions"
@@ -226,13 +137,13 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
 
 
 def to_env_action(action: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
-    """Policy actions live in [-1, 1] (data §8); rescale them to the env's bounds (InvertedPendulum: [-3, 3])."""
+    """Policy actions live in [-1, 1]; rescale them to the env's bounds (InvertedPendulum: [-3, 3])."""
     return (space.low + (action + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
 
 
 def env_state(env: gym.Env) -> Optional[dict]:
-    """What a MuJoCo env needs to continue the current episode bit-exactly after --resume: the full integration state
-    (qpos, qvel, warm start, ...), the TimeLimit counter and the reset RNG. None for other envs."""
+    """What a MuJoCo env needs to continue the episode bit-exactly after --resume (integration state, TimeLimit
+    counter, reset RNG); None for other envs."""
     sim = env.unwrapped
     if not (isinstance(sim, MujocoEnv) and isinstance(env, gym.wrappers.TimeLimit)):
         return None
@@ -276,11 +187,10 @@ class ReplayBuffer:
 
 
 # ======================================================================================================================
-# Networks (spec §5, §6)
+# ALGO LOGIC: networks, the one-step action and Best-of-N
 # ======================================================================================================================
 class TimeEmbedding(nn.Module):
-    """Sinusoidal features [cos, sin] of a raw time in [0, 1] (periods up to 2 pi 10^4), then Linear-SiLU-Linear
-    [secondary]."""
+    """Sinusoidal features [cos, sin] of t in [0, 1] (periods up to 2 pi 10^4), then Linear-SiLU-Linear [secondary]."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -294,10 +204,8 @@ class TimeEmbedding(nn.Module):
 
 
 class MeanFlowActor(nn.Module):
-    """u_theta(a_t, r, t, s): Mish MLP on concat(s, a_t, emb(t), emb(t - r)) with a zero-initialised head, so the
-    initial policy is squash(e) (spec §5, [secondary] embeddings and zero init).
-
-    r and t may have shape [B, 1] or [1, 1]; with [1, 1] (acting: r=0, t=1) the embeddings are computed once."""
+    """u_theta(a_t, r, t, s): Mish MLP on concat(s, a_t, emb(t), emb(t - r)) [secondary], zero-initialised head (the
+    initial policy is squash(e)). r, t: [B, 1], or [1, 1] (acting: r=0, t=1) to embed them once."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dims: tuple[int, ...] = (256, 256, 256)):
         super().__init__()
@@ -332,7 +240,7 @@ class EnsembleLinear(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Q_1, Q_2 (spec §6): two Mish MLPs evaluated together; returns [2, B]."""
+    """Q_1, Q_2: two Mish MLPs evaluated together [reconstructed: DPMD]; returns [2, B]."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dims: tuple[int, ...] = (256, 256, 256)):
         super().__init__()
@@ -347,7 +255,7 @@ class TwinCritic(nn.Module):
 
 
 def one_step_action(actor: nn.Module, obs: torch.Tensor, noise: torch.Tensor, squash: str = "clip") -> torch.Tensor:
-    """a = squash(e - u(e, 0, 1, s)): the PF-ODE integrated from t=1 (noise) to t=0 in one step (spec §5)."""
+    """a = squash(e - u(e, 0, 1, s)): the PF-ODE from t=1 (noise) to t=0 in one step [secondary]."""
     ones = torch.ones(1, 1, device=obs.device, dtype=obs.dtype)
     a = noise - actor(obs, noise, 0 * ones, ones)
     return a.clamp(-1, 1) if squash == "clip" else torch.tanh(a)
@@ -355,7 +263,7 @@ def one_step_action(actor: nn.Module, obs: torch.Tensor, noise: torch.Tensor, sq
 
 @torch.no_grad()
 def best_of_n(actor: nn.Module, critic: nn.Module, obs: torch.Tensor, n: int, squash: str = "clip") -> torch.Tensor:
-    """N one-step candidates per state; keep the one with the highest min(Q1, Q2) (spec §5, Best-of-N)."""
+    """N one-step candidates per state; keep the one with the highest min(Q1, Q2) (the paper's Best-of-N)."""
     batch = obs.shape[0]
     obs_n = obs.repeat_interleave(n, dim=0)
     noise = torch.randn(batch * n, actor.action_dim, device=obs.device, dtype=obs.dtype)
@@ -367,10 +275,10 @@ def best_of_n(actor: nn.Module, critic: nn.Module, obs: torch.Tensor, n: int, sq
 
 
 # ======================================================================================================================
-# Score target: VP-SDE, iDEM estimator, PF-ODE velocity (spec §2-§4)
+# ALGO LOGIC: the score target: VP-SDE, Monte-Carlo score of the Boltzmann policy, PF-ODE velocity
 # ======================================================================================================================
 def vp_schedule(t: torch.Tensor, beta_min: float, beta_max: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """beta(t), mu_t, sigma_t of the VP-SDE with linear beta, a_t = mu_t a_0 + sigma_t xi (spec §2)."""
+    """beta(t), mu_t, sigma_t of the VP-SDE with linear beta, a_t = mu_t a_0 + sigma_t xi [secondary]."""
     beta = beta_min + t * (beta_max - beta_min)
     log_mu = -0.5 * (beta_min * t + 0.5 * (beta_max - beta_min) * t**2)
     return beta, log_mu.exp(), torch.sqrt(-torch.expm1(2 * log_mu))
@@ -401,19 +309,15 @@ def boltzmann_score(
     q_norm: str = "block",
     estimator: str = "box",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Monte-Carlo score of the noised Boltzmann policy p_t(a_t | s), p_0 ∝ exp(inv_temp Q~) (iDEM's estimator, with
-    iDEM's proposals a_0^(k) = a_t / mu_t + (sigma_t / mu_t) xi_k). q_fn(obs [N, S], actions [N, A]) -> [N].
+    """Monte-Carlo score of the noised Boltzmann policy p_t(a_t | s), p_0 ∝ exp(inv_temp Q~), from iDEM's proposals
+    a_0^(k) = a_t / mu_t + (sigma_t / mu_t) xi_k; q_fn(obs [N, S], actions [N, A]) -> [N]. Returns the detached score
+    and the Q std of the K x B block.
 
-    box (default): p_0 lives on the action box [-1, 1]^A, the policy's support, and the score comes from Tweedie's
-    formula s = (mu_t E[a_0 | a_t] - a_t) / sigma_t^2. The posterior mean is a self-normalised importance-sampling
-    estimate over the proposals truncated to the box, with their exact mean m as control variate:
-    E[a_0 | a_t] ≈ m + sum_k (softmax_k(inv_temp Q~_k) - 1/K) a_0^(k). The critic is never queried outside the box,
-    so beta_max can be large (p_1 = N(0, I), the policy's prior) although sigma_t / mu_t reaches 150 there.
-    idem: the reparameterised gradient grad_{a_t} log sum_k exp(inv_temp Q~(s, a_0^(k))) over untruncated proposals,
-    which at large t queries the critic far outside the box.
-
-    Q~ = (Q - mean) / std over the K x B block with --q-norm block, the statistics held constant (a data-dependent
-    temperature). Returns the detached score and the block's Q std."""
+    box: p_0 lives on the action box; Tweedie's s = (mu_t E[a_0 | a_t] - a_t) / sigma_t^2, with E[a_0 | a_t] ≈
+    m + sum_k (softmax_k(inv_temp Q~_k) - 1/K) a_0^(k) over proposals truncated to the box (m: their exact mean, a
+    control variate). The critic is never queried outside the box, though sigma_t / mu_t reaches 150 at beta_max = 20.
+    idem: grad_{a_t} log sum_k exp(inv_temp Q~(s, a_0^(k))) over untruncated proposals (the secondary's).
+    Q~ = (Q - mean) / std over the block with q_norm block (statistics held constant: a data-dependent temperature)."""
     k, (batch, action_dim) = num_mc_samples, a_t.shape
     obs_k = obs.repeat(k, 1)
 
@@ -444,22 +348,20 @@ def boltzmann_score(
 def pf_ode_velocity(
     a_t: torch.Tensor, score: torch.Tensor, beta: torch.Tensor, score_scale: float = 25.0, score_norm: str = "unit"
 ) -> torch.Tensor:
-    """Instantaneous velocity of the target flow, v = -beta(t)/2 (a_t + w n(score)) (spec §4). With w = 1 and n = id it
-    is the VP-SDE probability-flow ODE, whose flow from t=1 to t=0 carries p_1 ≈ N(0, I) to p_0, and v stays small near
-    t = 1 because the score cancels a_t there. With the unit score and w = 25, |v| reaches beta_max w / 2 = 250."""
+    """Target velocity v = -beta(t)/2 (a_t + w n(score)) [secondary]. With w = 1 and n = id it is the VP-SDE PF-ODE,
+    which carries p_1 ≈ N(0, I) to p_0; with the unit score and w = 25, |v| reaches beta_max w / 2 = 250."""
     if score_norm == "unit":
         score = score / (score.norm(dim=-1, keepdim=True) + 1e-6)
     return -0.5 * beta * (a_t + score_scale * score)
 
 
 # ======================================================================================================================
-# MeanFlow loss with one JVP (spec §4)
+# ALGO LOGIC: MeanFlow loss with one JVP
 # ======================================================================================================================
 def u_and_total_derivative(
     actor: Callable, obs: torch.Tensor, a_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """u(a_t, r, t, s) and its total derivative along the flow, du/dt = (du/da) v + du/dt, from one forward-mode JVP
-    with tangents (v, 1) on (a_t, t); r and s get none."""
+    """u(a_t, r, t, s) and du/dt = (du/da) v + du/dt from one forward-mode JVP, tangents (v, 1) on (a_t, t)."""
     return torch.func.jvp(lambda a, t_: actor(obs, a, r, t_), (a_t, t), (v, torch.ones_like(t)))
 
 
@@ -473,8 +375,8 @@ def meanflow_loss(
     adaptive_p: float = 1.0,
     adaptive_c: float = 1e-3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MeanFlow identity u = v - (t - r) du/dt with a stop-gradient target and the adaptive per-sample weight.
-    Returns the weighted loss and, for logging, the unweighted mean squared error (with p = 1 the loss stays near 1)."""
+    """MeanFlow identity u = v - (t - r) du/dt, stop-gradient target, adaptive per-sample weight. Returns the loss and
+    the unweighted mean squared error (with p = 1 the loss stays near 1)."""
     u, du = u_and_total_derivative(actor, obs, a_t, r, t, v)
     u_tgt = (v - (t - r) * du).detach()
     delta_sq = (u - u_tgt).pow(2).mean(dim=-1)
@@ -483,7 +385,7 @@ def meanflow_loss(
 
 
 # ======================================================================================================================
-# Losses and the update (spec §6-§7)
+# ALGO LOGIC: critic and actor losses [reconstructed: DPMD/SDAC relax/algorithm/sdac.py]
 # ======================================================================================================================
 METRICS = ("critic_loss", "q_mean", "q_max", "actor_loss", "meanflow_mse", "mc_q_std", "score_norm", "alpha_e")
 
@@ -491,7 +393,7 @@ METRICS = ("critic_loss", "q_mean", "q_max", "actor_loss", "meanflow_mse", "mc_q
 def critic_loss(
     actor: nn.Module, critic: TwinCritic, critic_target: TwinCritic, batch: dict[str, torch.Tensor], args: Args
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_j mean (Q_j(s, a) - y)^2, y = reward_scale r + gamma m min_j Q'_j(s', a'); a' is Best-of-N under Q' (§6)."""
+    """sum_j mean (Q_j(s, a) - y)^2, y = reward_scale r + gamma m min_j Q'_j(s', a'), a' Best-of-N under Q'."""
     with torch.no_grad():
         next_obs = batch["next_observations"]
         next_actions = best_of_n(actor, critic_target, next_obs, args.num_samples, args.squash)
@@ -509,16 +411,14 @@ def actor_loss(
     inv_temp: Union[float, torch.Tensor],
     args: Args,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise a_0 with the VP kernel, build the velocity target from the critic's score, regress u onto it (spec §7)."""
+    """Noise a_0 with the VP kernel, build the velocity target from the critic's score, regress u onto it."""
     obs, actions = batch["observations"], batch["actions"]
     batch_size = actions.shape[0]
     if args.a0_source == "buffer":
         a0 = actions
     else:
         with torch.no_grad():
-            noise = torch.randn(
-                actions.shape, device=obs.device
-            )  # randn, not randn_like, which torch.compile's CSE merges
+            noise = torch.randn(actions.shape, device=obs.device)  # not randn_like, which torch.compile's CSE merges
             a0 = one_step_action(actor, obs, noise, args.squash)
     # (t, r) sampler: t ~ U[1e-3, 1 - 1e-3], r ~ U[0, t], r = t for eq_ratio of the batch [secondary]
     t = torch.rand(batch_size, 1, device=obs.device) * (1 - 2e-3) + 1e-3
@@ -539,8 +439,13 @@ def actor_loss(
     return loss, torch.stack([loss, mse, q_std, score.norm(dim=-1).mean()]).detach()
 
 
+# ======================================================================================================================
+# ALGO LOGIC: the update and acting (Agent)
+# ======================================================================================================================
 class Agent:
     """Networks, optimisers, the actor lr schedule and alpha_e; `update` is one critic step (+ a delayed actor step)."""
+
+    PARTS = ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "actor_sched", "alpha_e_opt")
 
     def __init__(self, obs_dim: int, action_dim: int, args: Args, device: torch.device):
         self.args, self.action_dim = args, action_dim
@@ -552,7 +457,7 @@ class Agent:
         self.actor_opt = adam(self.actor.parameters(), args.actor_lr, args, device)
         self.critic_opt = adam(self.critic.parameters(), args.critic_lr, args, device)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, self.actor_lr_factor)
-        # alpha_e: exploration scale (and, with --temperature-mode dpmd, temperature) tuned as in DPMD (spec §5)
+        # alpha_e: exploration scale (and, with --temperature-mode dpmd, temperature) [DPMD relax/network/diffv2.py]
         self.log_alpha_e = torch.tensor(math.log(args.alpha_e_init), device=device, requires_grad=True)
         self.alpha_e_opt = torch.optim.Adam([self.log_alpha_e], lr=args.alpha_e_lr)
         self.tune_alpha_e = args.explore == "dpmd" or args.temperature_mode == "dpmd"
@@ -576,7 +481,8 @@ class Agent:
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        """Best-of-N action under the online critic, plus N(0, (explore_noise alpha_e)^2) when exploring (spec §5)."""
+        """Normalised observations [n, obs_dim] -> Best-of-N actions [n, action_dim] in [-1, 1] under the online
+        critic, plus N(0, (explore_noise alpha_e)^2) when exploring."""
         action = best_of_n(self.actor, self.critic, obs, self.args.num_samples, self.args.squash)
         if explore and self.args.explore == "dpmd":
             noise_std = self.args.explore_noise * self.log_alpha_e.exp()
@@ -596,7 +502,6 @@ class Agent:
         return torch.cat([critic_metrics, self.actor_metrics, self.log_alpha_e.detach().exp().reshape(1)])
 
     def critic_gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Critic loss, backward and Adam step (compiled with --compile); returns the critic's metrics."""
         loss, metrics = critic_loss(self.actor, self.critic, self.critic_target, batch, self.args)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -604,18 +509,17 @@ class Agent:
         return metrics
 
     def actor_gradient_step(self, batch: dict[str, torch.Tensor], inv_temp: Union[float, torch.Tensor]) -> torch.Tensor:
-        """Actor loss, backward, Adam step and the Polyak target update (compiled with --compile); its metrics."""
         loss, metrics = actor_loss(self.actor, self.critic, batch, inv_temp, self.args)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
-        with torch.no_grad():
+        with torch.no_grad():  # Polyak update of the target critics
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
         return metrics
 
     def update_alpha_e(self) -> None:
         """DPMD: loss -log alpha_e (H_target - H_approx), H_approx = |A|/2 log(2 pi e (explore_noise alpha_e)^2) the
-        entropy of the Gaussian exploration noise and H_target = -target_entropy_scale |A| (spec §5)."""
+        entropy of the exploration noise, H_target = -target_entropy_scale |A|."""
         a = self.args
         std = a.explore_noise * self.log_alpha_e.detach().exp()
         h_approx = 0.5 * self.action_dim * torch.log(2 * math.pi * math.e * std**2)
@@ -625,21 +529,16 @@ class Agent:
         self.alpha_e_opt.step()
 
     def state_dict(self) -> dict:
+        parts = {name: getattr(self, name).state_dict() for name in self.PARTS}
         return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "actor_sched": self.actor_sched.state_dict(),
-            "alpha_e_opt": self.alpha_e_opt.state_dict(),
+            **parts,
             "log_alpha_e": self.log_alpha_e.detach(),
             "actor_metrics": self.actor_metrics,
             "step": self.step,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "actor_sched", "alpha_e_opt"):
+        for name in self.PARTS:
             getattr(self, name).load_state_dict(state[name])
         with torch.no_grad():
             self.log_alpha_e.copy_(state["log_alpha_e"])
@@ -648,7 +547,7 @@ class Agent:
 
 
 # ======================================================================================================================
-# The Minari export
+# PLUMBING (TRY NOT TO MODIFY): --save-dataset, the replay buffer as a Minari dataset
 # ======================================================================================================================
 def check_dataset_id(dataset_id: str) -> None:
     """Fail before training, not after it, when --save-dataset cannot be written."""
@@ -669,9 +568,8 @@ def check_dataset_id(dataset_id: str) -> None:
 
 
 def save_minari_dataset(dataset_id: str, data: dict[str, np.ndarray], env: gym.Env, args: Args) -> None:
-    """Write the replay buffer as Minari episodes (data §3, §6), split where terminated or truncated. A trailing
-    unfinished episode is kept and marked truncated at its last step (it bootstraps, as a timeout does). Actions are
-    stored in the env's units and observations in its dtype, so recover_environment() and the offline loaders match."""
+    """The replay buffer as Minari episodes, split where terminated or truncated; a trailing unfinished episode is
+    marked truncated (it bootstraps, as a timeout does). Actions in the env's units, observations in its dtype."""
     import minari
     from minari.data_collector import EpisodeBuffer
 
@@ -685,39 +583,29 @@ def save_minari_dataset(dataset_id: str, data: dict[str, np.ndarray], env: gym.E
         truncations = np.zeros_like(terminations)
         truncations[-1] = not terminations[-1]
         observations = np.concatenate([data["observations"][start:end], data["next_observations"][end - 1 : end]])
-        episodes.append(
-            EpisodeBuffer(
-                id=i,
-                observations=observations.astype(env.observation_space.dtype),
-                actions=to_env_action(data["actions"][start:end], env.action_space),
-                rewards=data["rewards"][start:end, 0].astype(np.float64),
-                terminations=terminations,
-                truncations=truncations,
-                infos={},
-            )
-        )
+        episodes.append(EpisodeBuffer(
+            id=i, observations=observations.astype(env.observation_space.dtype),
+            actions=to_env_action(data["actions"][start:end], env.action_space),
+            rewards=data["rewards"][start:end, 0].astype(np.float64), terminations=terminations,
+            truncations=truncations, infos={},
+        ))  # fmt: skip
         start = end
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is out of date.*")
         minari.create_dataset_from_buffers(
-            dataset_id=dataset_id,
-            buffer=episodes,
-            env=args.env_id,
-            eval_env=args.env_id,
-            algorithm_name="SOM replay buffer (meanflow-rl algos/som.py)",
-            author="meanflow-rl (algos/som.py)",
-            author_email="n/a (locally generated)",
-            code_permalink="meanflow-rl: algos/som.py",
+            dataset_id=dataset_id, buffer=episodes, env=args.env_id, eval_env=args.env_id,
+            algorithm_name="SOM replay buffer (meanflow-rl algos/som.py)", author="meanflow-rl (algos/som.py)",
+            author_email="n/a (locally generated)", code_permalink="meanflow-rl: algos/som.py",
             description=(
                 f"Replay buffer of one SOM run on {args.env_id} (seed {args.seed}): {n} transitions in {len(episodes)} "
                 f"episodes, the first {args.learning_starts} with uniform-random actions, then Best-of-N actions with "
                 "exploration noise. The last episode may be unfinished (marked truncated). No reference scores."
             ),
-        )
+        )  # fmt: skip
 
 
 # ======================================================================================================================
-# Training loop
+# PLUMBING (TRY NOT TO MODIFY): argument checks, run directories, checkpoints, logging, evaluation
 # ======================================================================================================================
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
@@ -725,12 +613,10 @@ class UsageError(Exception):
 
 
 NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
-FIXED_ON_RESUME = (
-    "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb shared_time_mlp"
-    " compile"
-)
-"""flags (or parts of their names) that a resumed run cannot change: the task, the shapes of the networks, and
---compile (whose optimisers keep their learning rates in tensors)"""
+# flags (or parts of their names) a resumed run cannot change: the task, the network shapes, and --compile (whose
+# optimisers keep their learning rates in tensors)
+FIXED_ON_RESUME = "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb"
+FIXED_ON_RESUME += " shared_time_mlp compile"
 
 
 def flag(name: str) -> str:
@@ -772,8 +658,7 @@ def check_args(args: object) -> None:
 
 def parse_cli(args_type: type) -> tuple[object, set[str]]:
     """tyro's Args, and the names of the flags given on the command line (a resumed run keeps the others)."""
-    names = {f.name for f in fields(args_type)}
-    given = set()
+    names, given = {f.name for f in fields(args_type)}, set()
     for token in sys.argv[1:]:
         name = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else ""
         given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
@@ -781,20 +666,17 @@ def parse_cli(args_type: type) -> tuple[object, set[str]]:
 
 
 def read_checkpoint(path: str, algo: str) -> dict:
-    """The checkpoint, loaded on the CPU (RNG states must stay CPU tensors; load_state_dict moves the rest), checked
-    before any dataset is loaded."""
+    """The checkpoint, loaded on the CPU (the RNG states must stay CPU tensors), checked before any data is loaded."""
     if not os.path.exists(path):
         raise UsageError(f"--resume {path}: no such file")
-    if os.path.isdir(path):
-        raise UsageError(f"--resume {path} is a directory; pass the model.pt inside a run directory")
-    if os.path.getsize(path) == 0:
-        raise UsageError(f"--resume {path} is empty")
+    if os.path.isdir(path) or os.path.getsize(path) == 0:
+        what = "is a directory; pass the model.pt inside a run directory" if os.path.isdir(path) else "is empty"
+        raise UsageError(f"--resume {path} {what}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise UsageError(
-            f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
-        ) from None
+        error = f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
+        raise UsageError(error) from None
     if not isinstance(ckpt, dict) or "algo" not in ckpt or "args" not in ckpt:
         raise UsageError(f"--resume {path} is not a checkpoint of algos/{algo}.py")
     if ckpt["algo"] != algo:
@@ -807,17 +689,15 @@ def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
     apply with a notice; the task and the network shapes cannot change."""
     if given is None:
         given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    given -= {"resume", "eval_only"}
-    merged = {**{f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}, "resume": args.resume}
-    merged["eval_only"] = args.eval_only
-    for name in sorted(given & set(saved)):
+    merged = {f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}
+    merged.update(resume=args.resume, eval_only=args.eval_only)
+    for name in sorted((given - {"resume", "eval_only"}) & set(saved)):
         new, old = getattr(args, name), saved[name]
-        if new == old:
-            continue
-        if any(part in name for part in FIXED_ON_RESUME.split()):
+        if new != old and any(part in name for part in FIXED_ON_RESUME.split()):
             raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
-        print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
-        merged[name] = new
+        if new != old:
+            print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
+            merged[name] = new
     return type(args)(**merged)
 
 
@@ -827,12 +707,10 @@ def check_writable(directory: str, what: str) -> None:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
         raise UsageError(f"cannot write to {what} {directory} ({e.strerror or e})") from None
-    free = shutil.disk_usage(existing).free
-    if free < 100 * 2**20:
+    if (free := shutil.disk_usage(existing).free) < 100 * 2**20:
         raise UsageError(f"{what} {directory} is on a disk with only {free / 2**20:.0f} MiB free")
 
 
@@ -866,6 +744,18 @@ def truncate_jsonl(path: str, max_step: int) -> None:
             f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= max_step)
 
 
+def seed_everything(args: object) -> torch.device:
+    """Seed python, numpy and torch; the training device: CUDA when present (and --cuda), with TF32 under --tf32."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    return device
+
+
 def rng_state() -> dict:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
@@ -879,8 +769,10 @@ def restore_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(state: dict, path: str) -> None:
-    """Write to path.tmp, then rename: never a half-written checkpoint, and no stray .tmp after an interruption."""
+def save_checkpoint(path: str, step: int, agent: object, args: object, **state: object) -> None:
+    """One schema for the four scripts: the script, step, agent, arguments, RNG states and the script's other state
+    (replay buffer, observation statistics, env). Written to path.tmp and renamed: never half a checkpoint."""
+    state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), "rng": rng_state(), **state}
     try:
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
@@ -934,12 +826,44 @@ class Progress:
             sys.exit(f"stopped by Ctrl-C: the run is in {run_dir}, {saved}")
 
 
+def summary(row: dict, keys: Iterable[str]) -> str:
+    """'key value | key value' for those of `keys` that the row has."""
+    return " | ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
+
+
+class Logger:
+    """A run's rows: appended to run_dir/{kind}.jsonl (kind: train or eval), their numbers sent to W&B as {kind}/{key}
+    with --track (with the evaluation's video, if any), and printed as one line."""
+
+    def __init__(self, run_dir: str, args: object):
+        self.run_dir, self.wandb = run_dir, None
+        if args.track:
+            import wandb
+
+            name = os.path.basename(run_dir)
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=asdict(args), name=name,
+                       id=name[-128:], resume="allow", save_code=True)  # fmt: skip
+            self.wandb = wandb
+
+    def log(self, kind: str, row: dict, line: str = "", video: str = "") -> None:
+        append_jsonl(os.path.join(self.run_dir, f"{kind}.jsonl"), row)
+        if self.wandb:
+            media = {f"{kind}/video": self.wandb.Video(video)} if video else {}
+            numbers = {f"{kind}/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+            self.wandb.log({**numbers, **media}, step=row["step"])
+        if line:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.wandb:
+            self.wandb.finish()
+
+
 def make_eval_envs(
     make_env: Callable[..., gym.Env], num_episodes: int, workers: int, render: bool = False
 ) -> gym.vector.VectorEnv:
-    """The evaluation envs: one copy per episode, stepped in this process (workers 0), or `workers` copies in as many
-    processes (gymnasium's AsyncVectorEnv, forked), which then run the episodes in waves of `workers`. render: the
-    first copy renders rgb_array frames (--capture-video)."""
+    """One env copy per episode, stepped in this process (workers 0), or `workers` copies in as many processes
+    (AsyncVectorEnv, forked), which run the episodes in waves. render: the first copy renders rgb_array frames."""
     if workers == 0:
         first = (lambda: make_env(render_mode="rgb_array")) if render else make_env
         return gym.vector.SyncVectorEnv([first] + [make_env] * max(0, num_episodes - 1))
@@ -949,45 +873,35 @@ def make_eval_envs(
 def evaluate(
     act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str = ""
 ) -> dict:
-    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, with one batched policy call per
-    step: act(the observations of all envs) -> env actions [n, action_dim], or chunks [n, h, action_dim] executed
-    open-loop. An episode that ends is masked out until its wave ends. Returns raw returns, lengths and, when the env
-    reports info['success'], whether success was reached at any step (D4RL's terminate-at-goal semantics). The policy
-    draws its noise from a stream seeded by `seed`, apart from training's, which evaluation leaves as it is. video: a
-    path to write the first episode to as mp4 (the first env renders, see make_eval_envs)."""
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        torch.manual_seed(seed)  # the policy's noise: the same for a checkpoint however it is reached (--eval-only)
-        return run_episodes(act, envs, num_episodes, seed, video)
-
-
-def run_episodes(
-    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str
-) -> dict:
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, one batched policy call per step:
+    act(all observations) -> env actions [n, action_dim], or chunks [n, h, action_dim] run open-loop. An episode that
+    ends is masked out until its wave ends. Returns raw returns, lengths and, where the env reports info['success'],
+    whether it was reached at any step (D4RL's terminate-at-goal semantics). The policy's noise comes from a stream
+    seeded by `seed`; training's stream is left as it is. video: write the first episode there as mp4."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
-    for start in range(0, num_episodes, n):
-        obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
-        active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
-        count = int(active.sum())
-        ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
-        recording = bool(video) and start == 0
-        frames += [envs.envs[0].render()] if recording else []
-        while active.any():
-            for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
-                obs, reward, terminated, truncated, info = envs.step(action)
-                if recording and active[0]:
-                    frames.append(envs.envs[0].render())
-                ret += np.where(active, reward, 0.0)
-                length += active
-                if "success" in info:
-                    got = active & info["_success"]
-                    success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
-                active &= ~(terminated | truncated)
-                if not active.any():
-                    break
-        returns += ret[:count].tolist()
-        lengths += length[:count].tolist()
-        successes += [s for s in success[:count] if not np.isnan(s)]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)  # the same noise for a checkpoint however it is reached (--eval-only)
+        for start in range(0, num_episodes, n):
+            obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+            active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
+            count, recording = int(active.sum()), bool(video) and start == 0
+            ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
+            frames += [envs.envs[0].render()] if recording else []
+            while active.any():
+                for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                    obs, reward, terminated, truncated, info = envs.step(action)
+                    frames += [envs.envs[0].render()] if recording and active[0] else []
+                    ret += np.where(active, reward, 0.0)
+                    length += active
+                    if "success" in info:
+                        got = active & info["_success"]
+                        success[got] = np.fmax(success[got], np.asarray(info["success"], dtype=np.float64)[got])
+                    active &= ~(terminated | truncated)
+                    if not active.any():
+                        break
+            returns, lengths = returns + ret[:count].tolist(), lengths + length[:count].tolist()
+            successes += [s for s in success[:count] if not np.isnan(s)]
     if frames:
         from moviepy import ImageSequenceClip
 
@@ -995,9 +909,7 @@ def run_episodes(
         fps = envs.envs[0].metadata.get("render_fps", 30)
         ImageSequenceClip(frames, fps=fps).write_videofile(video, logger=None)
     out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
-    if successes:
-        out["success_rate"] = np.array(successes)
-    return out
+    return {**out, "success_rate": np.array(successes)} if successes else out
 
 
 def video_file(run_dir: str, step: int) -> str:
@@ -1009,9 +921,7 @@ def check_video(make_env: Callable[..., gym.Env]) -> None:
     try:
         import moviepy  # noqa: F401
     except ImportError:
-        raise UsageError(
-            "--capture-video writes mp4 files with moviepy: pip install -r requirements-video.txt"
-        ) from None
+        raise UsageError("--capture-video writes mp4 with moviepy: pip install -r requirements-video.txt") from None
     try:
         env = make_env(render_mode="rgb_array")
         env.reset(seed=0)
@@ -1030,30 +940,21 @@ def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
     """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
     path = os.path.splitext(checkpoint)[0] + "_eval.json"
     with open(path, "w") as f:
-        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
-                   "seed": args.seed}, f, indent=2)  # fmt: skip
+        out = {"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes}
+        json.dump({**out, "seed": args.seed}, f, indent=2)
     print(f"wrote {path}")
 
 
-def training_device(args: object) -> torch.device:
-    """CUDA when present (and --cuda), else the CPU; on CUDA, TF32 matmuls and convolutions with --tf32."""
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
-    return device
-
-
 def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
-    """Adam; with --compile its learning rate is a (float64) tensor, so that the compiled step does not recompile each
-    time a schedule moves it. The compiled step divides by the learning rate (a zero gradient at lr 0 gives NaN), so
-    no schedule here is at 0 while it trains."""
+    """Adam; under --compile its learning rate is a float64 tensor, so that moving it does not recompile the step. The
+    compiled step divides by it (a zero gradient at lr 0 gives NaN): no schedule here is at 0 while it trains."""
     return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
 
 
 def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
     """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
-    torch.compile; on CUDA with mode reduce-overhead, which replays it as CUDA graphs, one launch instead of hundreds.
-    The step returns its metrics tensor, copied: a CUDA graph overwrites its outputs on the next replay."""
+    torch.compile; on CUDA in mode reduce-overhead, replayed as CUDA graphs. Its metrics are copied: a CUDA graph
+    overwrites its outputs at the next replay."""
     if not args.compile:
         return train_step
     compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)
@@ -1068,22 +969,9 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 # --- end of the shared run plumbing ---
 
 
-def save_checkpoint(path: str, agent: Agent, buffer: ReplayBuffer, env: gym.Env, loop: dict, args: Args) -> None:
-    """Everything a bit-exact --resume needs: networks, optimisers, alpha_e, the buffer, RNG states, the loop state
-    (step, current observation and episode statistics) and the env's physics state."""
-    state = {
-        "algo": ALGO,
-        "step": loop["global_step"],
-        "agent": agent.state_dict(),
-        "buffer": buffer.state_dict(),
-        "env": env_state(env),
-        "loop": loop,
-        "args": asdict(args),
-        "rng": rng_state(),
-    }
-    save_atomic(state, path)
-
-
+# ======================================================================================================================
+# main: online training loop
+# ======================================================================================================================
 def main(args: Args, given: Optional[set[str]] = None) -> None:
     """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
     check_args(args)
@@ -1097,18 +985,15 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         check_writable(args.output_dir, "--output-dir")
     if args.save_dataset:
         check_dataset_id(args.save_dataset)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = training_device(args)
+    device = seed_everything(args)
 
-    env = make_env(args.env_id)
+    def make(**kwargs) -> gym.Env:  # the env of --env-id (kwargs: render_mode)
+        return make_env(args.env_id, **kwargs)
+
+    env = make()
     if args.capture_video:
-        check_video(lambda **kwargs: make_env(args.env_id, **kwargs))
-    eval_envs = make_eval_envs(
-        lambda **kwargs: make_env(args.env_id, **kwargs), args.eval_episodes, args.eval_workers, args.capture_video
-    )
+        check_video(make)
+    eval_envs = make_eval_envs(make, args.eval_episodes, args.eval_workers, args.capture_video)
     obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
     agent = Agent(obs_dim, action_dim, args, device)
     if ckpt is not None:
@@ -1121,12 +1006,12 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         return to_env_action(agent.act(obs_tensor(raw_obs), explore=False).cpu().numpy(), env.action_space)
 
     def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
+        """One evaluation, printed: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
         print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
         video = video_file(run_dir, step) if args.capture_video else ""
         result = evaluate(eval_policy, eval_envs, args.eval_episodes, args.seed, video)
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-        print(" | ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step"))
+        print(summary(row, result))
         return row
 
     if args.eval_only:
@@ -1149,43 +1034,23 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     else:
         loop = {"global_step": 0, "obs": env.reset(seed=args.seed)[0], "episode_return": 0.0, "episode_length": 0}
         run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    run_name = os.path.basename(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**asdict(args), "device": str(device), "obs_dim": obs_dim, "action_dim": action_dim}, f, indent=2)
-
-    wandb = None
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            config=asdict(args),
-            name=run_name,
-            id=run_name.replace("/", "-")[-128:],
-            resume="allow",
-            save_code=True,
-        )
+    logger = Logger(run_dir, args)
     print(
         f"env {args.env_id}: obs {obs_dim}, action {action_dim} in [{env.action_space.low.min()}, "
-        f"{env.action_space.high.max()}], device {device}, run dir {run_dir}\n"
-        "note: SOM's schedule, estimator, loss-weight, acting and critic constants are reconstructed (spec som.md §9), "
-        "not confirmed by the paper"
+        f"{env.action_space.high.max()}], device {device}, run dir {run_dir} (arguments in config.json)"
     )
-    print("| " + " | ".join(f"{k}={v}" for k, v in asdict(args).items()) + " |")
 
     obs, global_step = loop["obs"], loop["global_step"]
     episode_return, episode_length = loop["episode_return"], loop["episode_length"]
     progress = Progress()
-    metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
+    metric_sum, metric_count, last_eval, episodes = None, 0, "", []
 
-    def loop_state() -> dict:  # where the loop is, for a checkpoint
-        return {
-            "global_step": global_step,
-            "obs": obs,
-            "episode_return": episode_return,
-            "episode_length": episode_length,
-        }
+    def save() -> None:  # model.pt, with where the loop is
+        where = dict(global_step=global_step, obs=obs, episode_return=episode_return, episode_length=episode_length)
+        state = dict(buffer=buffer.state_dict(), env=env_state(env), loop=where)
+        save_checkpoint(os.path.join(run_dir, "model.pt"), global_step, agent, args, **state)
 
     while global_step < args.total_timesteps and not progress.stop:
         if global_step < args.learning_starts:  # uniform warm-up [reconstructed: DPMD]
@@ -1194,17 +1059,12 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             action = agent.act(obs_tensor(obs), explore=True)[0]
         action = action.cpu().numpy()
         next_obs, reward, terminated, truncated, _ = env.step(to_env_action(action, env.action_space))
-        buffer.add(
-            observations=obs,
-            actions=action,
-            rewards=np.float32(reward),
-            masks=np.float32(1.0 - terminated),  # timeouts bootstrap (data §8)
-            dones=np.float32(terminated or truncated),
-            next_observations=next_obs,
-        )
+        # masks = 1 - terminated: timeouts bootstrap
+        buffer.add(observations=obs, actions=action, rewards=np.float32(reward), masks=np.float32(1.0 - terminated),
+                   dones=np.float32(terminated or truncated), next_observations=next_obs)  # fmt: skip
         global_step += 1
         obs, episode_return, episode_length = next_obs, episode_return + float(reward), episode_length + 1
-        if terminated or truncated:  # single env, explicit reset (data §8)
+        if terminated or truncated:  # one env with an explicit reset (gymnasium 1.x vector envs autoreset a step late)
             episodes.append((episode_return, episode_length))
             obs, episode_return, episode_length = env.reset()[0], 0.0, 0
 
@@ -1215,60 +1075,42 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             progress.step(f"[{global_step}/{args.total_timesteps}]")
 
         if global_step % args.log_interval == 0 or global_step == args.total_timesteps:
-            sps = progress.log()
-            row = {"step": global_step, "updates": agent.step, "sps": sps}
+            row = {"step": global_step, "updates": agent.step, "sps": progress.log()}
             if metric_count:
-                values = (metric_sum / metric_count).tolist()  # the only host sync of the interval
-                if not all(math.isfinite(v) for v in values):
+                means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+                if not all(math.isfinite(v) for v in means.values()):
                     raise FloatingPointError(
-                        f"non-finite loss at step {global_step}: {dict(zip(METRICS, values))}. Try a smaller "
+                        f"non-finite loss at step {global_step}: {means}. Try a smaller "
                         "--critic-lr or --actor-lr, or --reward-scale."
                     )
-                row.update(zip(METRICS, values))
-                row["actor_lr"] = float(agent.actor_sched.get_last_lr()[0])
-                row["inv_temp"] = float(agent.inv_temp())
+                row.update(means, actor_lr=float(agent.actor_sched.get_last_lr()[0]), inv_temp=float(agent.inv_temp()))
             if episodes:
                 row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
                 row["episodic_length"] = float(np.mean([n for _, n in episodes]))
-            append_jsonl(os.path.join(run_dir, "train.jsonl"), row)
-            if wandb:
-                charts = {f"charts/{k}": row[k] for k in ("episodic_return", "episodic_length") if k in row}
-                losses = {f"losses/{k}": row[k] for k in (*METRICS, "actor_lr", "inv_temp") if k in row}
-                wandb.log({**losses, **charts, "charts/SPS": sps}, step=global_step)
-            last = " | ".join(f"{k} {v:.4g}" for k, v in last_eval.items())
-            print(
-                f"[{global_step}/{args.total_timesteps}] SPS {sps:.1f}"
-                + (f" | critic {row['critic_loss']:.4g} | mf mse {row['meanflow_mse']:.4g}" if metric_count else "")
-                + (f" | q {row['q_mean']:.4g} | alpha_e {row['alpha_e']:.3g}" if metric_count else "")
-                + (f" | return {row['episodic_return']:.4g}" if episodes else "")
-                + (f" | last eval: {last}" if last else "")
-            )
+            line = f"[{global_step}/{args.total_timesteps}] "
+            line += summary(row, ("sps", "critic_loss", "meanflow_mse", "q_mean", "alpha_e", "episodic_return"))
+            logger.log("train", row, line + (f" | last eval: {last_eval}" if last_eval else ""))
             metric_sum, metric_count, episodes = None, 0, []
 
         if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
             if args.eval_episodes > 0:
                 row = evaluation(global_step, run_dir)
-                append_jsonl(os.path.join(run_dir, "eval.jsonl"), row)
-                if wandb:
-                    media = {"eval/video": wandb.Video(video_file(run_dir, global_step))} if args.capture_video else {}
-                    wandb.log({**{f"eval/{k}": v for k, v in row.items() if k != "step"}, **media}, step=global_step)
-                last_eval = {k: v for k, v in row.items() if k != "step"}
+                logger.log("eval", row, video=video_file(run_dir, global_step) if args.capture_video else "")
+                last_eval = summary(row, [k for k in row if k != "step"])
             if args.save_model:
-                save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, env, loop_state(), args)
+                save()
                 if args.save_every_eval:
                     shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{global_step}.pt"))
             progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save_checkpoint(os.path.join(run_dir, "model.pt"), agent, buffer, env, loop_state(), args)
+        save()
     if args.save_dataset and not progress.stop:
-        data = {k: v.numpy() for k, v in buffer.state_dict().items()}
-        save_minari_dataset(args.save_dataset, data, env, args)
+        save_minari_dataset(args.save_dataset, {k: v.numpy() for k, v in buffer.state_dict().items()}, env, args)
         print(f"wrote the replay buffer ({buffer.size} transitions) as Minari dataset {args.save_dataset}")
     env.close()
     eval_envs.close()
-    if wandb:
-        wandb.finish()
+    logger.close()
     progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 

@@ -1,5 +1,5 @@
 """Probe OFQL on the two-hill bandit (scripts/bandit.py): train in-process and, every few steps, measure what the
-returns alone do not show. Used for README "Results" (two-hill bandit); the numbers there come from these commands.
+returns alone do not show. Used for results/README.md (two-hill bandit); the numbers there come from these commands.
 
 Every --every steps it prints, on 201 evenly spaced states s in [-1, 1] (true rewards from bandit.reward):
   one_step   return of the EMA policy's one-step actions a = clip(e - u(e, 0, 1; s))

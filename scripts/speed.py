@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 # torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
-# (README "Speed"); read when torch loads, so set before it is imported. OMP_WAIT_POLICY=ACTIVE overrides it.
+# (results/README.md "Threads on a shared machine"). Read when torch loads; OMP_WAIT_POLICY=ACTIVE overrides it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gymnasium as gym
@@ -68,7 +68,7 @@ def setup_meanflowql(device: torch.device, compile_: bool, batch_size: int, **ov
         modulations = agent.actor.condition(torch.ones(1, 1, device=device))
     return (
         lambda: agent.update(buffer.sample(batch_size)),
-        lambda obs: agent.act_fn(agent.actor, agent.critic_target, obs, args.num_candidates, 1.0, modulations),
+        lambda obs: agent.act(obs, modulations),
     )
 
 
@@ -91,12 +91,7 @@ def setup_ofql(device: torch.device, compile_: bool, batch_size: int, **override
     )
     agent = mod.Agent(29, 8, args, device)  # AntMaze defaults: max-Q backup over 10 samples, 50 eval candidates
     buffer = mod.ReplayBuffer(random_dataset(29, 8), 100_000, device)
-    return (
-        lambda: agent.update(buffer.sample(batch_size)),
-        lambda obs: mod.sample_action(
-            agent.policy_target, agent.critic_target, obs, 8, args.eval_candidates, args.eval_temperature
-        ),
-    )
+    return lambda: agent.update(buffer.sample(batch_size)), agent.act
 
 
 def setup_som(device: torch.device, compile_: bool, batch_size: int, **overrides) -> tuple[Callable, Callable]:

@@ -2,7 +2,6 @@
 at load time, and the errors for missing or broken datasets."""
 
 import json
-import re
 import time
 
 import gymnasium as gym
@@ -15,12 +14,6 @@ from minari.data_collector import EpisodeBuffer
 mfql = import_algo("meanflowql")
 mmd = import_script("make_minari_dataset")
 LARGE_EVAL_GOAL = np.array([14.0, -12.0])  # centre of the 'g' cell (7, 9) of Minari's antmaze-large eval map
-
-
-def test_the_data_layer_is_the_same_in_the_three_offline_scripts():
-    pattern = re.compile(r"^# --- shared data layer.*?^# --- end of the shared data layer ---$", re.S | re.M)
-    blocks = [pattern.search((ROOT / "algos" / f"{name}.py").read_text()) for name in ("meanflowql", "ofql", "mvp")]
-    assert all(blocks) and blocks[0].group(0) == blocks[1].group(0) == blocks[2].group(0)
 
 
 def write_minari(dataset_id: str, episodes: list[dict], env: gym.Env, eval_env: gym.Env | None = None) -> None:

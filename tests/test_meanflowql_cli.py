@@ -64,9 +64,9 @@ def test_resume_reproduces_an_uninterrupted_run(minari_root, tmp_path, monkeypat
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
     save = mfql.save_checkpoint
 
-    def save_and_keep(path, agent, *rest):  # model.pt is overwritten at every evaluation: keep each one
-        save(path, agent, *rest)
-        shutil.copy(path, f"{path}.{agent.step}")
+    def save_and_keep(path, step, *rest, **state):  # model.pt is overwritten at every evaluation: keep each one
+        save(path, step, *rest, **state)
+        shutil.copy(path, f"{path}.{step}")
 
     monkeypatch.setattr(mfql, "save_checkpoint", save_and_keep)
     common = dict(env_id="antmaze-umaze", offline_steps=30, eval_interval=15, eval_episodes=1, log_interval=5,

@@ -303,8 +303,8 @@ def test_resume_is_equivalent_to_an_uninterrupted_run(ogbench_dir, tmp_path, mon
     saved.mkdir()
     save = mvp.save_checkpoint
 
-    def save_and_keep_step_6(path, step, *rest):
-        save(path, step, *rest)
+    def save_and_keep_step_6(path, step, *rest, **state):
+        save(path, step, *rest, **state)
         if step == 6:  # model.pt is overwritten at every evaluation: keep the step-6 checkpoint
             shutil.copy(path, saved / "model.pt")
 

@@ -333,9 +333,9 @@ def test_resume_reproduces_an_uninterrupted_run(minari_root, tmp_path, monkeypat
     step_n.mkdir()
     save = ofql.save_checkpoint
 
-    def save_and_keep_step_n(path, agent, *rest):
-        save(path, agent, *rest)
-        if agent.step == n:
+    def save_and_keep_step_n(path, step, *rest, **state):
+        save(path, step, *rest, **state)
+        if step == n:
             shutil.copy(path, step_n / "model.pt")
 
     monkeypatch.setattr(ofql, "save_checkpoint", save_and_keep_step_n)

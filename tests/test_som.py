@@ -120,7 +120,7 @@ def test_pf_ode_velocity_carries_the_noised_target_back_to_the_boltzmann_target(
 def test_spec_unit_score_target_collapses_onto_the_mode():
     """The spec's target v = -beta/2 (a + 25 score/|score|) keeps only the score's direction, so the temperature drops
     out: even with the exact score its flow sends every sample to the mode c, not to N(c, T I) (why the default is the
-    plain PF-ODE; README, SOM)."""
+    plain PF-ODE; algos/README.md, SOM)."""
     a = integrate_pf_ode("unit", 25.0, n=2000)
     torch.testing.assert_close(a.mean(0), C, atol=1e-3, rtol=0)
     assert a.var(0).max() < 1e-4 * TEMP
@@ -256,9 +256,9 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     mid.mkdir()
     save = som.save_checkpoint
 
-    def save_and_copy(path, agent, buffer, env, loop, args):
-        save(path, agent, buffer, env, loop, args)
-        if loop["global_step"] == 45:
+    def save_and_copy(path, step, *rest, **state):
+        save(path, step, *rest, **state)
+        if step == 45:
             shutil.copy(path, mid / "model.pt")
 
     monkeypatch.setattr(som, "save_checkpoint", save_and_copy)
