@@ -467,11 +467,12 @@ class Agent:
         self.actor_step = compile_update(self.actor_gradient_step, args, device)
 
     def actor_lr_factor(self, actor_step: int) -> float:
-        """1 until actor_lr_decay[0] actor updates, then linear to actor_lr_end / actor_lr at actor_lr_decay[1]."""
+        """1 until actor_lr_decay[0] actor updates, then linear to actor_lr_end / actor_lr at actor_lr_decay[1]; at
+        least 1e-8 under --compile, whose Adam cannot take lr 0 (adam())."""
         a = self.args
         begin, end = a.actor_lr_decay
         progress = min(1.0, max(0.0, (actor_step - begin) / max(1, end - begin)))
-        return 1.0 + progress * ((a.actor_lr_end / a.actor_lr if a.actor_lr > 0 else 1.0) - 1.0)
+        return max(1.0 + progress * (a.actor_lr_end / a.actor_lr - 1.0), 1e-8 if a.compile else 0.0)
 
     def inv_temp(self) -> Union[float, torch.Tensor]:
         a = self.args

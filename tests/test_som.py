@@ -222,6 +222,14 @@ def test_actor_lr_schedule_and_alpha_e_tuning():
     assert abs(float(agent.inv_temp()) - 2.0 * 5.0 / 2.5) < 1e-5
 
 
+def test_a_compiled_run_never_trains_at_actor_lr_zero():
+    """The compiled Adam divides by the learning rate (a zero gradient at lr 0 gives NaN): under --compile the actor's
+    schedule to --actor-lr-end 0 stops at 1e-8 of the peak; eager runs reach 0."""
+    for compile_, floor in ((False, 0.0), (True, 1e-8)):
+        agent = som.Agent(3, 2, som.Args(actor_lr_end=0.0, compile=compile_, **TINY), torch.device("cpu"))
+        assert agent.actor_lr_factor(1_000_000) == floor and agent.actor_lr_factor(50_000) == pytest.approx(0.5)
+
+
 def test_cli_smoke_on_inverted_pendulum(tmp_path):
     proc = run_script(
         [SCRIPT, "--env-id", "InvertedPendulum-v5", "--total-timesteps", "300", "--learning-starts", "100",
