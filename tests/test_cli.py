@@ -1,6 +1,8 @@
 """The four scripts' shared run plumbing: argument checks, checkpoint errors, resume semantics, run directories,
 Ctrl-C and the SPS measurement."""
 
+import dataclasses
+import inspect
 import json
 import os
 import re
@@ -30,6 +32,17 @@ def test_the_shared_blocks_are_the_same_in_every_script_that_holds_them(block):
     pattern = re.compile(rf"^# --- shared {block}.*?^# --- end of the shared {block} ---$", re.S | re.M)
     copies = [pattern.search((ROOT / "algos" / f"{a}.py").read_text()) for a in SHARED_BLOCKS[block]]
     assert all(copies) and len({c.group(0) for c in copies}) == 1
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_flag_has_its_help_text_on_its_line(algo):
+    """tyro takes a flag's help from the comment on the flag's line: a flag without one, or one that the formatter
+    wrapped over several lines, shows no help in --help."""
+    module = import_algo(algo)
+    lines = inspect.getsource(module.Args).splitlines()
+    for f in dataclasses.fields(module.Args):
+        (line,) = [line for line in lines if line.startswith(f"    {f.name}: ")]
+        assert re.search(r"\S  # \S", line), line
 
 
 @pytest.mark.parametrize("algo", ALGOS)
