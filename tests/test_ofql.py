@@ -185,7 +185,7 @@ def test_per_family_defaults():
     assert (args.eta, args.eval_temperature) == (0.01, 3.0)
     assert resolved("cube-double-play-singletask-v0").eta == 0.01
     assert resolved("D4RL/pen/human-v2").eta == 0.1
-    assert resolved("D4RL/pointmaze/umaze-v2").eta == 0.5
+    assert resolved("D4RL/pointmaze/umaze-v2").eta == 0.01  # outside the paper's families too (it is not AntMaze)
     assert resolved("meanflow-rl/bandit/two-hills-v0").eta == 0.01  # outside the paper's families
     assert ofql.default_reward_transform("antmaze") == (4.0, -0.5)  # (r - 0.5) * 4
     assert ofql.default_reward_transform("pointmaze") == (1.0, -1.0)  # r - 1
