@@ -501,10 +501,12 @@ class ReplayBuffer:
         return {k: v[self.offline_size : self.size].cpu() for k, v in self.data.items()}
 
     def restore_online_part(self, part: dict[str, torch.Tensor]) -> None:
-        n = len(part["rewards"])
+        """Inserted after the offline data, ahead of all the free rows: a resume that takes fewer online steps than the
+        checkpoint already holds (a changed --offline-steps or --online-steps) still has room for the rest."""
         for k, v in part.items():
-            self.data[k][self.offline_size : self.offline_size + n] = v.to(self.data[k].device)
-        self.size = self.offline_size + n
+            cut = self.offline_size
+            self.data[k] = torch.cat((self.data[k][:cut], v.to(self.data[k].device), self.data[k][cut:]))
+        self.size = self.offline_size + len(part["rewards"])
 
 
 # --- end of the shared replay buffer ---

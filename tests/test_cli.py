@@ -281,3 +281,17 @@ def test_openmp_threads_sleep_while_they_wait(path):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.stdout.strip().splitlines()[-1] == "PASSIVE", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("algo", ALGOS[:3])
+def test_a_resume_with_fewer_online_steps_left_still_has_room_for_the_checkpoints_buffer(algo):
+    """Capacity = offline data + --online-steps; a checkpoint may hold more online rows (a raised --offline-steps with
+    a lowered --online-steps), and each of them must come back before the run adds its own."""
+    data = {k: torch.arange(4.0).reshape(4, 1).numpy() for k in ("observations", "actions", "rewards", "masks")}
+    data.update(next_observations=data["observations"], dones=data["rewards"] * 0)
+    buffer = import_algo(algo).ReplayBuffer(data, capacity=4 + 1, device=torch.device("cpu"))
+    saved = {k: torch.full((3, 1), 9.0) for k in buffer.data}  # 3 online rows, where only 1 was reserved
+    buffer.restore_online_part(saved)
+    buffer.add(**{k: torch.full((1,), 7.0).numpy() for k in buffer.data})  # the resumed run's own online step
+    assert buffer.size == 8 and buffer.data["rewards"][:8, 0].tolist() == [0, 1, 2, 3, 9, 9, 9, 7]
+    assert {k: v.tolist() for k, v in buffer.online_part().items()} == {k: [[9.0]] * 3 + [[7.0]] for k in buffer.data}
