@@ -125,7 +125,7 @@ def share(device: str, seconds: float, smoke: bool) -> list[dict]:
     """Step 4: N MeanFlowQL speed processes whose timing windows start together (after every one has started)."""
     rows = []
     for n in (1, 2) if smoke else (1, 4, 8):
-        start_at = time.time() + (10 if smoke else 40)  # imports, CUDA context and warm-up of all N before it
+        start_at = time.time() + (4 if smoke else 40)  # imports, CUDA context and warm-up of all N before it
         cmd = [
             "scripts/speed.py",
             "meanflowql",
