@@ -195,7 +195,8 @@ def fmt_vs_bc(s: dict[str, object], prefix: str) -> str:
     if not pairs:
         return "—"
     d = decimals(max(abs(mean), 0 if math.isnan(std) else std))
-    return f"{mean:+.{d}f}" + ("" if math.isnan(std) else f" ± {std:.{d}f}") + f" ({better}/{pairs}, p {p:.2f})"
+    test = "all tied" if math.isnan(p) else f"p {p:.2f}"  # no untied pair: the sign test has nothing to count
+    return f"{mean:+.{d}f}" + ("" if math.isnan(std) else f" ± {std:.{d}f}") + f" ({better}/{pairs}, {test})"
 
 
 def summarise(runs: list[Run], bc_runs: list[Run], out: Path) -> dict[str, object]:

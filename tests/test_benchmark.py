@@ -148,6 +148,9 @@ def test_paired_comparison_with_bc_by_seed() -> None:
     worse = aggregate.paired_vs_bc([run("ofql", 1, [0, 5]), run("ofql", 2, [0, 40])], bc, "mean_return")
     assert (worse["mean_return_vs_bc_mean"], worse["mean_return_vs_bc_better"]) == (1.25, 1)  # -2.5 and +5
     assert worse["mean_return_vs_bc_p"] == 0.75  # P(at least 1 of 2 better)
+    assert aggregate.fmt_vs_bc(final, "final_return") == "+4.000 ± 4.000 (2/3, p 0.25)"
+    tied = aggregate.paired_vs_bc([run("ofql", 1, [0, 10]), run("ofql", 2, [0, 30])], bc, "final_return")
+    assert aggregate.fmt_vs_bc(tied, "final_return") == "+0.000 ± 0.000 (0/2, all tied)"  # e.g. 0% success in both
 
 
 def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
