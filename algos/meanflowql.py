@@ -481,8 +481,8 @@ class ReplayBuffer:
     def restore_online_part(self, part: dict[str, torch.Tensor]) -> None:
         """Inserted after the offline data, ahead of all the free rows: a resume that takes fewer online steps than the
         checkpoint already holds (a changed --offline-steps or --online-steps) still has room for the rest."""
+        cut = self.offline_size
         for k, v in part.items():
-            cut = self.offline_size
             self.data[k] = torch.cat((self.data[k][:cut], v.to(self.data[k].device), self.data[k][cut:]))
         self.size = self.offline_size + len(part["rewards"])
 
