@@ -974,8 +974,10 @@ def seed_everything(args: object) -> torch.device:
     return device
 
 
-def rng_state() -> dict:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+def rng_state(device: torch.device) -> dict:
+    """The random streams; on CUDA the training device's generator alone (a resume may see fewer GPUs), and no CUDA
+    call at all for a CPU run, on a GPU host too."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
 
@@ -984,13 +986,14 @@ def restore_rng(state: dict, device: torch.device) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_checkpoint(path: str, step: int, agent: object, args: object, **state: object) -> None:
+def save_checkpoint(path: str, step: int, agent: object, args: object, device: torch.device, **state: object) -> None:
     """One schema for the four scripts: the script, step, agent, arguments, RNG states and the script's other state
     (replay buffer, observation statistics, env). Written to path.tmp and renamed: never half a checkpoint."""
-    state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), "rng": rng_state(), **state}
+    state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), **state}
+    state["rng"] = rng_state(device)
     try:
         torch.save(state, path + ".tmp")
         os.replace(path + ".tmp", path)
@@ -1089,7 +1092,12 @@ def make_eval_envs(
 
 
 def evaluate(
-    act: Callable[[object], np.ndarray], envs: gym.vector.VectorEnv, num_episodes: int, seed: int, video: str = ""
+    act: Callable[[object], np.ndarray],
+    envs: gym.vector.VectorEnv,
+    num_episodes: int,
+    seed: int,
+    device: torch.device,
+    video: str = "",
 ) -> dict:
     """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, one batched policy call per step:
     act(all observations) -> env actions [n, action_dim], or chunks [n, h, action_dim] run open-loop. An episode that
@@ -1098,7 +1106,7 @@ def evaluate(
     seeded by `seed`; training's stream is left as it is. video: write the first episode there as mp4."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # the same noise for a checkpoint however it is reached (--eval-only)
         for start in range(0, num_episodes, n):
             obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
@@ -1164,9 +1172,21 @@ def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
 
 
 def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
-    """Adam; under --compile its learning rate is a float64 tensor, so that moving it does not recompile the step. The
-    compiled step divides by it (a zero gradient at lr 0 gives NaN): no schedule here is at 0 while it trains."""
-    return torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device) if args.compile else lr)
+    """Adam; under --compile its learning rate is a float64 tensor on the training device, so that moving it does not
+    recompile the step. The compiled step divides by it (a zero gradient at lr 0 gives NaN): no schedule here is at 0
+    while it trains. load_state_dict puts the checkpoint's own lr in place (a CPU tensor, read as a host number that
+    CUDA graphs freeze): a hook copies its value into this tensor and keeps it there."""
+    if not args.compile:
+        return torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device))
+    lrs = [group["lr"] for group in opt.param_groups]
+
+    def keep_lr_tensors(opt: torch.optim.Optimizer) -> None:
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr.fill_(float(group["lr"]))
+
+    opt.register_load_state_dict_post_hook(keep_lr_tensors)
+    return opt
 
 
 def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
@@ -1209,6 +1229,10 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # FQL's AntMaze rewards r - 1
     reward_bias = default_bias if args.reward_bias is None else args.reward_bias
     task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
+    if args.capture_video:
+        check_video(task.make_env)
+    # the evaluation workers fork before anything touches CUDA (forking a CUDA-initialised process is unsupported)
+    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
     if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
         obs_stats = ckpt["obs_stats"]
     else:  # z-scored with the dataset's statistics (the reference's also count its buffer's zero padding; not copied)
@@ -1233,10 +1257,6 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
         return agent.act(obs_t, modulations).cpu().numpy()
 
-    if args.capture_video:
-        check_video(task.make_env)
-    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
-
     def evaluation(step: int, run_dir: str) -> dict:
         """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
         with torch.no_grad():  # the parameters are fixed during an evaluation: condition on t = 1 once
@@ -1244,7 +1264,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
         print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
         video = video_file(run_dir, step) if args.capture_video else ""
         result = evaluate(
-            lambda o: task.env_action(policy(o, modulations)), eval_envs, args.eval_episodes, args.seed, video
+            lambda o: task.env_action(policy(o, modulations)), eval_envs, args.eval_episodes, args.seed, device, video
         )
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
         if task.normalized_score is not None:
@@ -1273,7 +1293,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
     )
 
     def save() -> None:
-        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args,
+        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args, device,
                         online_buffer=buffer.online_part(), obs_stats=obs_stats)  # fmt: skip
 
     env = task.make_env() if args.online_steps > 0 else None

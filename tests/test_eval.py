@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, import_algo, run_script
 
 mf = import_algo("meanflowql")
+CPU = torch.device("cpu")
 
 
 class Walk(gym.Env):
@@ -71,7 +72,7 @@ def test_vectorised_evaluation_matches_the_sequential_loop(workers, horizon):
     envs = mf.make_eval_envs(Walk, 7, workers)
     assert envs.num_envs == (7 if workers == 0 else 3)  # workers 3: waves of 3, 3 and 1 episodes
     chunk = lambda o: np.repeat(policy(o)[:, None], horizon, axis=1)  # noqa: E731  [n, h, action_dim]
-    result = mf.evaluate(chunk if horizon > 1 else policy, envs, 7, seed=5)
+    result = mf.evaluate(chunk if horizon > 1 else policy, envs, 7, seed=5, device=CPU)
     envs.close()
     assert result.keys() == expected.keys()
     for key in expected:
@@ -81,7 +82,7 @@ def test_vectorised_evaluation_matches_the_sequential_loop(workers, horizon):
 def test_evaluation_calls_the_policy_once_per_step_for_all_episodes():
     calls = []
     envs = mf.make_eval_envs(Walk, 5, 0)
-    mf.evaluate(lambda o: calls.append(o.shape) or policy(o), envs, 5, seed=0)
+    mf.evaluate(lambda o: calls.append(o.shape) or policy(o), envs, 5, seed=0, device=CPU)
     envs.close()
     assert set(calls) == {(5, 1)} and len(calls) == max(sequential(5, 0, 1)["episodic_length"])
 
@@ -97,11 +98,11 @@ def test_evaluation_noise_is_seeded_and_leaves_the_training_stream_alone():
     envs = mf.make_eval_envs(Walk, 4, 0)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    first = mf.evaluate(noisy, envs, 4, seed=5)
+    first = mf.evaluate(noisy, envs, 4, seed=5, device=CPU)
     assert torch.equal(torch.get_rng_state(), before)
     torch.rand(7)  # training moves on
-    second = mf.evaluate(noisy, envs, 4, seed=5)
-    other = mf.evaluate(noisy, envs, 4, seed=6)
+    second = mf.evaluate(noisy, envs, 4, seed=5, device=CPU)
+    other = mf.evaluate(noisy, envs, 4, seed=6, device=CPU)
     envs.close()
     np.testing.assert_array_equal(first["episodic_return"], second["episodic_return"])
     assert not np.array_equal(first["episodic_return"], other["episodic_return"])
@@ -112,7 +113,7 @@ def test_the_first_episode_is_recorded_frame_by_frame(tmp_path):
     from moviepy import VideoFileClip
 
     envs = mf.make_eval_envs(Walk, 3, 0, render=True)
-    result = mf.evaluate(policy, envs, 3, seed=5, video=str(tmp_path / "videos" / "eval_7.mp4"))
+    result = mf.evaluate(policy, envs, 3, seed=5, device=CPU, video=str(tmp_path / "videos" / "eval_7.mp4"))
     envs.close()
     clip = VideoFileClip(str(tmp_path / "videos" / "eval_7.mp4"))
     frames = list(clip.iter_frames())
