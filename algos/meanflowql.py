@@ -98,18 +98,8 @@ class Args:
 
 
 # ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): task tables, the shared data layer, the replay buffer
+# ALGO LOGIC: the paper's per-task values
 # ======================================================================================================================
-_ANTMAZE = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large", "large-play", "large-diverse")
-_ADROIT, _POINTMAZE = ("pen", "door", "hammer", "relocate"), ("open", "umaze", "medium", "large")
-ALIASES: dict[str, str] = {
-    **{f"antmaze-{k}": f"D4RL/antmaze/{'large-play' if k == 'large' else k}-v1" for k in _ANTMAZE},
-    **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
-    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in _ADROIT for k in ("human", "cloned", "expert")},
-    **{f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2" for m in _POINTMAZE for d in ("", "-dense")},
-}
-"""short --env-id aliases -> Minari dataset ids; 'antmaze-large' is large-play, the task of the paper"""
-
 TASK_DEFAULTS: dict[str, dict] = {
     "D4RL/antmaze/umaze-v1": dict(alpha=100.0, time_steps=10000),
     "D4RL/antmaze/umaze-diverse-v1": dict(alpha=130.0, time_steps=100),
@@ -126,19 +116,6 @@ TASK_DEFAULTS: dict[str, dict] = {
 }
 """per-task values from the paper's Table 7; keys are resolved dataset ids"""
 _OGBENCH_DEFAULT_TASK = {"humanoidmaze-medium-navigate": 1, "humanoidmaze-large-navigate": 1, "cube-double-play": 2}
-
-
-def resolve_dataset_id(env_id: str) -> str:
-    """--env-id -> Minari id or OGBench singletask name; unknown ids list the aliases."""
-    if env_id in ALIASES:
-        return ALIASES[env_id]
-    if is_ogbench_name(env_id) or "/" in env_id:
-        return env_id
-    names = ", ".join(ALIASES)
-    raise DatasetError(
-        f"unknown --env-id '{env_id}'. Use a short alias ({names}), a Minari dataset id such as "
-        "'D4RL/antmaze/large-play-v1', or an OGBench singletask name such as 'cube-double-play-singletask-task2-v0'."
-    )
 
 
 def task_defaults(dataset_id: str) -> dict:
@@ -158,336 +135,6 @@ def resolve_args(args: Args, dataset_id: str) -> Args:
         **task_defaults(dataset_id),
     }
     return Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
-
-
-# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_cli.py checks it) ---
-D4RL_GOAL_RADIUS = 0.5  # D4RL's AntMaze goal radius (relabel_antmaze_rewards.py); gymnasium-robotics uses 0.45
-STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not the real data): id pattern -> command
-    r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
-    r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
-    r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
-    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (results/README.md)
-}
-
-
-class DatasetError(Exception):
-    """An expected, user-fixable problem (unknown id, missing or broken dataset); printed without a traceback."""
-
-
-def first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-
-
-@dataclass
-class Task:
-    """A dataset and its env. data: observations, actions in [-1, 1], rewards, masks, dones, next_observations
-    (None with --eval-only); val_data: OGBench's validation split; flatten_obs: env observation -> the data's layout;
-    normalized_score: raw returns -> score x100, where the dataset has one."""
-
-    dataset_id: str
-    family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
-    data: Optional[dict[str, np.ndarray]]
-    val_data: Optional[dict[str, np.ndarray]]
-    make_env: Callable[..., gym.Env]  # kwargs go to gym.make (render_mode)
-    flatten_obs: Callable[[object], np.ndarray]
-    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
-    action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
-    action_high: Optional[np.ndarray] = None
-    reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
-    reward_bias: float = 0.0
-
-    def transform_reward(self, reward: np.ndarray) -> np.ndarray:
-        return (reward + np.float32(self.reward_bias)) * np.float32(self.reward_scale)
-
-    def env_action(self, action: np.ndarray) -> np.ndarray:
-        """[-1, 1] -> the env's units (InvertedPendulum: [-3, 3])."""
-        mid, half = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
-        return (mid + action * half).astype(np.float32)
-
-
-def is_ogbench_name(env_id: str) -> bool:
-    return re.fullmatch(r"[a-z0-9-]+-singletask(-task\d)?-v\d", env_id) is not None
-
-
-def dataset_family(dataset_id: str) -> str:
-    if is_ogbench_name(dataset_id) or dataset_id.startswith("mujoco/"):
-        return "ogbench" if is_ogbench_name(dataset_id) else "mujoco"
-    family = dataset_id.split("/")[1] if dataset_id.startswith("D4RL/") else "minari"
-    return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
-
-
-def load_dataset(
-    dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_scale: float, reward_bias: float, data: bool = True
-) -> Task:
-    """The dataset as transitions, checked against its env (shapes, finite values, action bounds) before any compute;
-    actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale. data=False: the env only (--eval-only)."""
-    ogbench = is_ogbench_name(dataset_id)
-    task = load_ogbench(dataset_id, dataset_dir, data) if ogbench else load_minari(dataset_id, antmaze_goal, data)
-    task.reward_scale, task.reward_bias = reward_scale, reward_bias
-    try:
-        env = task.make_env()
-    except (ImportError, gym.error.Error) as e:  # a custom env's module that is not on the import path, say
-        raise DatasetError(
-            f"'{dataset_id}': its environment cannot be made ({type(e).__name__}: {e}). A dataset of a custom env "
-            "needs the env's module on the import path (this project's bandit: PYTHONPATH=scripts)"
-        ) from None
-    space = env.action_space
-    if not (isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()):
-        raise DatasetError(f"'{dataset_id}': the env's action space {space} is not a bounded Box")
-    task.action_low, task.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
-    expected = {"observations": task.flatten_obs(env.observation_space.sample()).shape, "actions": space.shape}
-    env.close()
-    for split, data in (("", task.data), (" (validation split)", task.val_data)):
-        if data is None:
-            continue
-        if (n := len(data["rewards"])) == 0:
-            raise DatasetError(f"'{dataset_id}'{split} has no transitions")
-        for key, shape in expected.items():
-            if data[key].shape[1:] != shape:
-                raise DatasetError(
-                    f"'{dataset_id}'{split}: {key} have shape {data[key].shape[1:]} per step, but its env "
-                    f"({env.spec.id if env.spec else env}) has {shape}. Is the dataset from another env or version?"
-                )
-        for key, v in data.items():
-            if (bad := ~np.isfinite(v.reshape(n, -1)).all(1)).any():
-                where = f"(first at index {bad.argmax()})"
-                raise DatasetError(f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} {where}")
-        # actions -> [-1, 1] from the env's bounds (exactly the identity for [-1, 1]); clipped to +-(1 - 1e-5) as in FQL
-        mid, half = (task.action_high + task.action_low) / 2, (task.action_high - task.action_low) / 2
-        unit = (data["actions"] - mid) / half
-        if (outside := (np.abs(unit) > 1 + 1e-3).any(1)).any():
-            print(
-                f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
-                f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.05% of their range; clipped"
-            )
-        data["actions"] = np.clip(unit, -1 + 1e-5, 1 - 1e-5).astype(np.float32)
-        data["rewards"] = task.transform_reward(data["rewards"])
-    return task
-
-
-def download_minari(dataset_id: str, root: str) -> None:
-    """Download from Minari's remote, failing at once when there is no network (not after ~25 s of retries)."""
-    import minari
-
-    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
-    host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    reason = "HF_HUB_OFFLINE is set" if offline else ""
-    if host is not None and not reason:
-        try:
-            socket.create_connection((host, 443), timeout=5).close()
-        except OSError as e:
-            reason = f"{host} cannot be reached to download it ({e})"
-    if reason:
-        text = (
-            f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
-            f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
-        )
-        for pattern, script in STAND_INS.items():
-            if re.fullmatch(pattern, dataset_id):
-                text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
-        raise DatasetError(text)
-    try:
-        minari.download_dataset(dataset_id)
-    except Exception as e:  # unknown remote id, missing optional package, ...
-        raise DatasetError(
-            f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded from {remote} "
-            f"({first_line(e)}). `minari list remote` lists the ids there."
-        ) from None
-
-
-def antmaze_eval_map(ds: object, dataset_id: str) -> Optional[list]:
-    """Minari's umaze eval maps (umaze and umaze-diverse) are walled unlike the maze the data come from: the gap in the
-    middle wall is on the other side (Minari issue #304). Rotated by 180 degrees, the eval map has the data's walls and
-    the same task (start and goal cells relative to the walls); return that map, or None when the walls agree."""
-    walls = []
-    for eval_env in (False, True):
-        env = ds.recover_environment(eval_env=eval_env)
-        walls.append([[c == 1 for c in row] for row in env.unwrapped.maze.maze_map])
-        eval_map = env.unwrapped.maze.maze_map
-        env.close()
-    if walls[0] == walls[1]:
-        return None
-    rotated = [row[::-1] for row in eval_map[::-1]]
-    if [[c == 1 for c in row] for row in rotated] != walls[0]:
-        raise DatasetError(f"'{dataset_id}': the eval env's maze is walled unlike the data's maze")
-    print(f"notice: {dataset_id}: evaluating on the eval map rotated by 180 degrees, which has the data's walls")
-    return rotated
-
-
-class FixedGoalAntMaze(gym.Wrapper):
-    """D4RL's AntMaze task (--antmaze-goal relabel): one goal, the centre of the eval map's goal cell (no per-reset
-    noise); reward 1 and termination within 0.5 of it (D4RL goal_reaching_env.py with eval=True)."""
-
-    def __init__(self, env: gym.Env, goal: np.ndarray):
-        super().__init__(env)
-        self.goal = goal
-
-    def reset(self, **kwargs: object) -> tuple[dict, dict]:
-        obs, info = self.env.reset(**kwargs)
-        self.env.unwrapped.goal = self.goal.copy()
-        self.env.unwrapped.update_target_site_pos()
-        return {**obs, "desired_goal": self.goal.copy()}, info
-
-    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
-        obs, _, _, truncated, info = self.env.step(action)
-        info["success"] = reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
-        return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
-
-
-def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
-    import gymnasium_robotics
-    import minari
-    from minari.storage import get_dataset_path
-
-    gym.register_envs(gymnasium_robotics)
-    root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
-    if not os.path.exists(os.path.join(root, dataset_id, "data", "metadata.json")):
-        download_minari(dataset_id, root)
-    try:
-        ds = minari.load_dataset(dataset_id)
-        episodes = list(ds.iterate_episodes()) if with_data else []
-    except Exception as e:
-        raise DatasetError(
-            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({first_line(e)}); is it "
-            f"corrupt or partly downloaded? Delete it and download it again: minari delete {dataset_id}; minari "
-            f"download {dataset_id}"
-        ) from None
-    family = dataset_family(dataset_id)
-    relabel = family == "antmaze" and antmaze_goal == "relabel"
-    # goal dicts -> vectors (algos/README.md). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
-    # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
-    # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
-    keys = {
-        "antmaze": ("achieved_goal", "observation") + (() if relabel else ("desired_goal",)),
-        "pointmaze": ("observation", "desired_goal"),
-    }.get(family, ("observation",))
-
-    def flatten_obs(obs: object) -> np.ndarray:
-        if isinstance(obs, dict):
-            return np.concatenate([np.asarray(obs[k], dtype=np.float32) for k in keys], axis=-1)
-        return np.asarray(obs, dtype=np.float32)
-
-    eval_kwargs, goal = {}, None
-    if family == "antmaze":
-        maze_map = antmaze_eval_map(ds, dataset_id)
-        eval_kwargs = {} if maze_map is None else {"maze_map": maze_map}
-        env = ds.recover_environment(eval_env=True, **eval_kwargs)
-        goal = np.array(env.unwrapped.maze.unique_goal_locations[0])  # the eval map's goal cell, without noise
-        env.close()
-    parts = {k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")}
-    for ep in episodes:  # episodes -> transitions: observations have T+1 rows
-        o = flatten_obs(ep.observations)
-        rewards, terminals = ep.rewards.astype(np.float32), ep.terminations.astype(bool)
-        if relabel:  # D4RL's relabel_antmaze_rewards.py: reward and terminal where the next xy is at the goal
-            terminals = np.linalg.norm(ep.observations["achieved_goal"][1:] - goal, axis=-1) <= D4RL_GOAL_RADIUS
-            rewards = terminals.astype(np.float32)
-        dones = terminals | ep.truncations.astype(bool)
-        dones[-1] = True  # an episode always ends at its last row, flagged or not
-        row = dict(observations=o[:-1], next_observations=o[1:], rewards=rewards, dones=dones.astype(np.float32),
-                   actions=ep.actions.astype(np.float32).reshape(len(rewards), -1),
-                   masks=1.0 - terminals.astype(np.float32))  # timeouts bootstrap  # fmt: skip
-        for k, v in row.items():
-            parts[k].append(v)
-    data = {k: np.concatenate(v) for k, v in parts.items()} if episodes else {k: np.zeros((0, 1)) for k in parts}
-    if relabel:  # the return is 0 or 1 (the episode ends at the goal): D4RL's AntMaze score, ref scores 0 and 1
-        normalized_score = lambda r: 100.0 * np.asarray(r)  # noqa: E731
-    elif ds.storage.metadata.get("ref_max_score") is not None:
-        normalized_score = lambda r: 100.0 * np.asarray(minari.get_normalized_score(ds, r))  # noqa: E731
-    elif family == "kitchen":  # no ref scores; the return counts completed subtasks (of 4): D4RL-style score
-        normalized_score = lambda r: 100.0 * np.clip(r, 0, 4) / 4  # noqa: E731
-    else:
-        normalized_score = None
-
-    def make_env(**kwargs) -> gym.Env:  # kwargs: gym.make's, e.g. render_mode
-        env = ds.recover_environment(eval_env=True, **eval_kwargs, **kwargs)
-        return FixedGoalAntMaze(env, goal) if relabel else env
-
-    return Task(dataset_id, family, data if with_data else None, None, make_env, flatten_obs, normalized_score)
-
-
-def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
-    import ogbench
-
-    try:  # the env alone needs no download, and tells whether the task exists
-        env = ogbench.make_env_and_datasets(name, env_only=True)
-    except gym.error.Error as e:
-        raise DatasetError(
-            f"'{name}' is not an OGBench singletask task ({e}). Names are "
-            "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
-        ) from None
-    make_env = lambda **kwargs: ogbench.make_env_and_datasets(name, env_only=True, **kwargs)  # noqa: E731
-    flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
-    if not with_data:
-        env.close()
-        return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
-    dataset_dir, splits = os.path.expanduser(dataset_dir), name.split("-")
-    base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
-    path = os.path.join(dataset_dir, f"{base}.npz")
-    if not (os.path.exists(path) and os.path.exists(path.replace(".npz", "-val.npz"))):
-        try:
-            ogbench.download_datasets([base], dataset_dir)
-        except Exception as e:
-            raise DatasetError(
-                f"OGBench dataset '{base}' (for '{name}') is not at {path} (and its -val.npz), and could not be "
-                f'downloaded ({first_line(e)}).\n  On a machine with internet: python -c "import ogbench; '
-                f"ogbench.download_datasets(['{base}'], '{dataset_dir}')\"  (or pass --dataset-dir where the .npz "
-                "files are).\n  To create it locally with OGBench's scripted oracles: python "
-                f"scripts/make_ogbench_dataset.py --env-name {base} --dataset-dir {dataset_dir}"
-            ) from None
-    try:  # singletask datasets: rewards and masks relabelled for the task by ogbench (relabel_utils.py)
-        datasets = ogbench.make_env_and_datasets(name, dataset_path=path, dataset_only=True, cur_env=env)
-    except Exception as e:
-        raise DatasetError(
-            f"OGBench dataset {path} (or its -val.npz) cannot be read ({first_line(e)}); is it corrupt or partly "
-            "downloaded? Delete it and download it again."
-        ) from None
-    env.close()
-    keys = ("observations", "actions", "rewards", "masks", "next_observations")
-    # dones: 1 at the last transition of each trajectory
-    train, val = ({**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
-                  for s in datasets)  # fmt: skip
-    return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
-
-
-# --- end of the shared data layer ---
-
-
-# --- shared replay buffer: identical in meanflowql.py and ofql.py (tests/test_cli.py checks it) ---
-class ReplayBuffer:
-    """All transitions as tensors on the training device: the offline data, then the online transitions appended."""
-
-    def __init__(self, data: dict[str, np.ndarray], capacity: int, device: torch.device):
-        self.size = len(data["rewards"])
-        self.offline_size = self.size
-        self.data = {}
-        for k in ("observations", "actions", "rewards", "masks", "next_observations"):  # episode ends are not needed
-            v = torch.as_tensor(data[k], dtype=torch.float32).reshape(self.size, -1)
-            self.data[k] = torch.zeros((capacity, v.shape[1]), dtype=torch.float32, device=device)
-            self.data[k][: self.size] = v.to(device)
-
-    def add(self, **transition: np.ndarray) -> None:
-        for k, v in transition.items():
-            self.data[k][self.size] = torch.as_tensor(v, dtype=torch.float32)
-        self.size += 1
-
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
-        return {k: v[idx] for k, v in self.data.items()}
-
-    def online_part(self) -> dict[str, torch.Tensor]:
-        return {k: v[self.offline_size : self.size].cpu() for k, v in self.data.items()}
-
-    def restore_online_part(self, part: dict[str, torch.Tensor]) -> None:
-        """Inserted after the offline data, ahead of all the free rows: a resume that takes fewer online steps than the
-        checkpoint already holds (a changed --offline-steps or --online-steps) still has room for the rest."""
-        cut = self.offline_size
-        for k, v in part.items():
-            self.data[k] = torch.cat((self.data[k][:cut], v.to(self.data[k].device), self.data[k][cut:]))
-        self.size = self.offline_size + len(part["rewards"])
-
-
-# --- end of the shared replay buffer ---
 
 
 # ======================================================================================================================
@@ -823,8 +470,527 @@ class Agent:
 
 
 # ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): CLI, checkpoints, logging, evaluation
+# TRAINING LOOP: the offline steps, then online fine-tuning (one env step and one update each), evaluations, checkpoints
 # ======================================================================================================================
+def main(args: Args, given: Optional[set[str]] = None) -> None:
+    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
+    check_args(args)
+    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
+    if ckpt is not None:
+        args = resume_args(args, ckpt["args"], given)
+    dataset_id = resolve_dataset_id(args.env_id)
+    args = resolve_args(args, dataset_id)
+    total_steps = args.offline_steps + args.online_steps
+    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
+        print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
+        return
+    if ckpt is None:
+        check_writable(args.output_dir, "--output-dir")
+    device = seed_everything(args)
+
+    default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # FQL's AntMaze rewards r - 1
+    reward_bias = default_bias if args.reward_bias is None else args.reward_bias
+    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
+    if args.capture_video:
+        check_video(task.make_env)
+    # the evaluation workers fork before anything touches CUDA (forking a CUDA-initialised process is unsupported)
+    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
+    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
+        obs_stats = ckpt["obs_stats"]
+    else:  # z-scored with the dataset's statistics (the reference's also count its buffer's zero padding; not copied)
+        obs_stats = {"mean": task.data["observations"].mean(0), "std": task.data["observations"].std(0)}
+        obs_stats["std"][obs_stats["std"] < 1e-6] = 1.0
+        for split in filter(None, (task.data, task.val_data)):
+            for k in ("observations", "next_observations"):
+                split[k] = (split[k] - obs_stats["mean"]) / obs_stats["std"]
+        buffer = ReplayBuffer(task.data, capacity=len(task.data["rewards"]) + args.online_steps, device=device)
+        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
+    obs_dim, action_dim = len(obs_mean), len(task.action_low)
+    agent = Agent(obs_dim, action_dim, args, device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+
+    def normalize(raw_obs: object) -> np.ndarray:
+        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
+
+    def policy(raw_obs: object, modulations: Optional[list[torch.Tensor]] = None) -> np.ndarray:
+        """Agent.act for raw env observations: actions [n, action_dim] in [-1, 1]."""
+        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
+        return agent.act(obs_t, modulations).cpu().numpy()
+
+    def evaluation(step: int, run_dir: str) -> dict:
+        """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
+        with torch.no_grad():  # the parameters are fixed during an evaluation: condition on t = 1 once
+            modulations = agent.actor.condition(torch.ones(1, 1, device=device))
+        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+        video = video_file(run_dir, step) if args.capture_video else ""
+        result = evaluate(
+            lambda o: task.env_action(policy(o, modulations)), eval_envs, args.eval_episodes, args.seed, device, video
+        )
+        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
+        if task.normalized_score is not None:
+            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
+        print(summary(row, [k for k in row if k != "step"]))
+        return row
+
+    if args.eval_only:
+        write_eval_summary(args.resume, evaluation(agent.step, os.path.dirname(os.path.abspath(args.resume))), args)
+        return eval_envs.close()
+    if ckpt is not None:
+        buffer.restore_online_part(ckpt["online_buffer"])
+        restore_rng(ckpt["rng"], device)
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        for f in ("train.jsonl", "eval.jsonl"):
+            truncate_jsonl(os.path.join(run_dir, f), agent.step)
+    else:
+        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
+    config = os.path.join(run_dir, "config.json")
+    with open(config, "w") as f:
+        json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
+    logger = Logger(run_dir, args)
+    print(
+        f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
+        f"obs {obs_dim}, action {action_dim}, device {device}; arguments in {config}"
+    )
+
+    def save() -> None:
+        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args, device,
+                        online_buffer=buffer.online_part(), obs_stats=obs_stats)  # fmt: skip
+
+    env = task.make_env() if args.online_steps > 0 else None
+    progress = Progress()
+    metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
+    # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
+    obs = env.reset(seed=args.seed + max(agent.step, args.offline_steps))[0] if env is not None else None
+    episode_return, episode_length = 0.0, 0
+
+    while agent.step < total_steps and not progress.stop:
+        online = agent.step >= args.offline_steps
+        if online:  # one env step with the best-of-C action, then one update (UTD 1)
+            action = policy(obs)[0]
+            next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
+            buffer.add(
+                observations=normalize(obs),
+                actions=action,
+                rewards=task.transform_reward(np.float32(reward)),
+                masks=np.float32(1.0 - terminated),  # timeouts bootstrap
+                next_observations=normalize(next_obs),
+            )
+            episode_return, episode_length = episode_return + float(reward), episode_length + 1
+            obs = next_obs
+            if terminated or truncated:
+                episodes.append((episode_return, episode_length))
+                obs, episode_return, episode_length = env.reset()[0], 0.0, 0
+
+        metrics = agent.update(buffer.sample(args.batch_size))
+        metric_sum = metrics if metric_sum is None else metric_sum + metrics
+        metric_count += 1
+        step, phase = agent.step, "online" if online else "offline"
+        progress.step(f"[{phase} {step}/{total_steps}]")
+
+        if step % args.log_interval == 0 or step == total_steps:
+            means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+            if not all(math.isfinite(v) for v in means.values()):
+                raise FloatingPointError(
+                    f"non-finite loss at step {step}: {means}. Try a smaller --alpha, "
+                    "--critic-lr or --actor-lr, and check the dataset for NaN/inf values."
+                )
+            sps = progress.log()
+            row = {"step": step, "phase": phase, **means, "alpha": agent.alpha.item(),
+                   "actor_lr": float(agent.actor_sched.get_last_lr()[0]), "sps": sps}  # fmt: skip
+            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
+                # under a forked RNG, so that validation leaves the training run's random stream as it is
+                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    batch = val_buffer.sample(args.batch_size)
+                    _, val = compute_losses(agent.actor, agent.critic, agent.critic_target, batch, agent.alpha, args)
+                row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
+            if episodes:
+                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
+                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
+                row["online_env_steps"] = step - args.offline_steps
+            keys = ("sps", "critic_loss", "meanflow_loss", "q_mean", "alpha", "episodic_return")
+            line = f"[{phase} {step}/{total_steps}] {summary(row, keys)}"
+            logger.log("train", row, line + (f" | last eval: {summary(last_eval, last_eval)}" if last_eval else ""))
+            metric_sum, metric_count, episodes = None, 0, []
+
+        if step % args.eval_interval == 0 or step == total_steps:
+            if args.eval_episodes > 0:
+                row = evaluation(step, run_dir)
+                logger.log("eval", row, video=video_file(run_dir, step) if args.capture_video else "")
+                last_eval = {k: v for k, v in row.items() if k != "step"}
+            if args.save_model:
+                save()
+                if args.save_every_eval:
+                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
+            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
+
+    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
+        save()
+    eval_envs.close()
+    if env is not None:
+        env.close()
+    logger.close()
+    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
+
+
+# ======================================================================================================================
+# PLUMBING (TRY NOT TO MODIFY): task aliases, data layer, replay buffer, arguments, checkpoints, logging, evaluation
+# ======================================================================================================================
+_ANTMAZE = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large", "large-play", "large-diverse")
+_ADROIT, _POINTMAZE = ("pen", "door", "hammer", "relocate"), ("open", "umaze", "medium", "large")
+ALIASES: dict[str, str] = {
+    **{f"antmaze-{k}": f"D4RL/antmaze/{'large-play' if k == 'large' else k}-v1" for k in _ANTMAZE},
+    **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
+    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in _ADROIT for k in ("human", "cloned", "expert")},
+    **{f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2" for m in _POINTMAZE for d in ("", "-dense")},
+}
+"""short --env-id aliases -> Minari dataset ids; 'antmaze-large' is large-play, the task of the paper"""
+
+
+def resolve_dataset_id(env_id: str) -> str:
+    """--env-id -> Minari id or OGBench singletask name; unknown ids list the aliases."""
+    if env_id in ALIASES:
+        return ALIASES[env_id]
+    if is_ogbench_name(env_id) or "/" in env_id:
+        return env_id
+    names = ", ".join(ALIASES)
+    raise DatasetError(
+        f"unknown --env-id '{env_id}'. Use a short alias ({names}), a Minari dataset id such as "
+        "'D4RL/antmaze/large-play-v1', or an OGBench singletask name such as 'cube-double-play-singletask-task2-v0'."
+    )
+
+
+# --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_cli.py checks it) ---
+D4RL_GOAL_RADIUS = 0.5  # D4RL's AntMaze goal radius (relabel_antmaze_rewards.py); gymnasium-robotics uses 0.45
+STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not the real data): id pattern -> command
+    r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
+    r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
+    r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
+    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (results/README.md)
+}
+
+
+class DatasetError(Exception):
+    """An expected, user-fixable problem (unknown id, missing or broken dataset); printed without a traceback."""
+
+
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+@dataclass
+class Task:
+    """A dataset and its env. data: observations, actions in [-1, 1], rewards, masks, dones, next_observations
+    (None with --eval-only); val_data: OGBench's validation split; flatten_obs: env observation -> the data's layout;
+    normalized_score: raw returns -> score x100, where the dataset has one."""
+
+    dataset_id: str
+    family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
+    data: Optional[dict[str, np.ndarray]]
+    val_data: Optional[dict[str, np.ndarray]]
+    make_env: Callable[..., gym.Env]  # kwargs go to gym.make (render_mode)
+    flatten_obs: Callable[[object], np.ndarray]
+    normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
+    action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
+    action_high: Optional[np.ndarray] = None
+    reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
+    reward_bias: float = 0.0
+
+    def transform_reward(self, reward: np.ndarray) -> np.ndarray:
+        return (reward + np.float32(self.reward_bias)) * np.float32(self.reward_scale)
+
+    def env_action(self, action: np.ndarray) -> np.ndarray:
+        """[-1, 1] -> the env's units (InvertedPendulum: [-3, 3])."""
+        mid, half = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
+        return (mid + action * half).astype(np.float32)
+
+
+def is_ogbench_name(env_id: str) -> bool:
+    return re.fullmatch(r"[a-z0-9-]+-singletask(-task\d)?-v\d", env_id) is not None
+
+
+def dataset_family(dataset_id: str) -> str:
+    if is_ogbench_name(dataset_id) or dataset_id.startswith("mujoco/"):
+        return "ogbench" if is_ogbench_name(dataset_id) else "mujoco"
+    family = dataset_id.split("/")[1] if dataset_id.startswith("D4RL/") else "minari"
+    return "adroit" if family in ("pen", "door", "hammer", "relocate") else family
+
+
+def load_dataset(
+    dataset_id: str, dataset_dir: str, antmaze_goal: str, reward_scale: float, reward_bias: float, data: bool = True
+) -> Task:
+    """The dataset as transitions, checked against its env (shapes, finite values, action bounds) before any compute;
+    actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale. data=False: the env only (--eval-only)."""
+    ogbench = is_ogbench_name(dataset_id)
+    task = load_ogbench(dataset_id, dataset_dir, data) if ogbench else load_minari(dataset_id, antmaze_goal, data)
+    task.reward_scale, task.reward_bias = reward_scale, reward_bias
+    try:
+        env = task.make_env()
+    except (ImportError, gym.error.Error) as e:  # a custom env's module that is not on the import path, say
+        raise DatasetError(
+            f"'{dataset_id}': its environment cannot be made ({type(e).__name__}: {e}). A dataset of a custom env "
+            "needs the env's module on the import path (this project's bandit: PYTHONPATH=scripts)"
+        ) from None
+    space = env.action_space
+    if not (isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+        raise DatasetError(f"'{dataset_id}': the env's action space {space} is not a bounded Box")
+    task.action_low, task.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
+    expected = {"observations": task.flatten_obs(env.observation_space.sample()).shape, "actions": space.shape}
+    env.close()
+    for split, data in (("", task.data), (" (validation split)", task.val_data)):
+        if data is None:
+            continue
+        if (n := len(data["rewards"])) == 0:
+            raise DatasetError(f"'{dataset_id}'{split} has no transitions")
+        for key, shape in expected.items():
+            if data[key].shape[1:] != shape:
+                raise DatasetError(
+                    f"'{dataset_id}'{split}: {key} have shape {data[key].shape[1:]} per step, but its env "
+                    f"({env.spec.id if env.spec else env}) has {shape}. Is the dataset from another env or version?"
+                )
+        for key, v in data.items():
+            if (bad := ~np.isfinite(v.reshape(n, -1)).all(1)).any():
+                where = f"(first at index {bad.argmax()})"
+                raise DatasetError(f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} {where}")
+        # actions -> [-1, 1] from the env's bounds (exactly the identity for [-1, 1]); clipped to +-(1 - 1e-5) as in FQL
+        mid, half = (task.action_high + task.action_low) / 2, (task.action_high - task.action_low) / 2
+        unit = (data["actions"] - mid) / half
+        if (outside := (np.abs(unit) > 1 + 1e-3).any(1)).any():
+            print(
+                f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
+                f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.05% of their range; clipped"
+            )
+        data["actions"] = np.clip(unit, -1 + 1e-5, 1 - 1e-5).astype(np.float32)
+        data["rewards"] = task.transform_reward(data["rewards"])
+    return task
+
+
+def download_minari(dataset_id: str, root: str) -> None:
+    """Download from Minari's remote, failing at once when there is no network (not after ~25 s of retries)."""
+    import minari
+
+    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+    host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    reason = "HF_HUB_OFFLINE is set" if offline else ""
+    if host is not None and not reason:
+        try:
+            socket.create_connection((host, 443), timeout=5).close()
+        except OSError as e:
+            reason = f"{host} cannot be reached to download it ({e})"
+    if reason:
+        text = (
+            f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
+            f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
+        )
+        for pattern, script in STAND_INS.items():
+            if re.fullmatch(pattern, dataset_id):
+                text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
+        raise DatasetError(text)
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as e:  # unknown remote id, missing optional package, ...
+        raise DatasetError(
+            f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded from {remote} "
+            f"({first_line(e)}). `minari list remote` lists the ids there."
+        ) from None
+
+
+def antmaze_eval_map(ds: object, dataset_id: str) -> Optional[list]:
+    """Minari's umaze eval maps (umaze and umaze-diverse) are walled unlike the maze the data come from: the gap in the
+    middle wall is on the other side (Minari issue #304). Rotated by 180 degrees, the eval map has the data's walls and
+    the same task (start and goal cells relative to the walls); return that map, or None when the walls agree."""
+    walls = []
+    for eval_env in (False, True):
+        env = ds.recover_environment(eval_env=eval_env)
+        walls.append([[c == 1 for c in row] for row in env.unwrapped.maze.maze_map])
+        eval_map = env.unwrapped.maze.maze_map
+        env.close()
+    if walls[0] == walls[1]:
+        return None
+    rotated = [row[::-1] for row in eval_map[::-1]]
+    if [[c == 1 for c in row] for row in rotated] != walls[0]:
+        raise DatasetError(f"'{dataset_id}': the eval env's maze is walled unlike the data's maze")
+    print(f"notice: {dataset_id}: evaluating on the eval map rotated by 180 degrees, which has the data's walls")
+    return rotated
+
+
+class FixedGoalAntMaze(gym.Wrapper):
+    """D4RL's AntMaze task (--antmaze-goal relabel): one goal, the centre of the eval map's goal cell (no per-reset
+    noise); reward 1 and termination within 0.5 of it (D4RL goal_reaching_env.py with eval=True)."""
+
+    def __init__(self, env: gym.Env, goal: np.ndarray):
+        super().__init__(env)
+        self.goal = goal
+
+    def reset(self, **kwargs: object) -> tuple[dict, dict]:
+        obs, info = self.env.reset(**kwargs)
+        self.env.unwrapped.goal = self.goal.copy()
+        self.env.unwrapped.update_target_site_pos()
+        return {**obs, "desired_goal": self.goal.copy()}, info
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        obs, _, _, truncated, info = self.env.step(action)
+        info["success"] = reached = bool(np.linalg.norm(obs["achieved_goal"] - self.goal) <= D4RL_GOAL_RADIUS)
+        return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
+
+
+def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
+    import gymnasium_robotics
+    import minari
+    from minari.storage import get_dataset_path
+
+    gym.register_envs(gymnasium_robotics)
+    root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
+    if not os.path.exists(os.path.join(root, dataset_id, "data", "metadata.json")):
+        download_minari(dataset_id, root)
+    try:
+        ds = minari.load_dataset(dataset_id)
+        episodes = list(ds.iterate_episodes()) if with_data else []
+    except Exception as e:
+        raise DatasetError(
+            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({first_line(e)}); is it "
+            f"corrupt or partly downloaded? Delete it and download it again: minari delete {dataset_id}; minari "
+            f"download {dataset_id}"
+        ) from None
+    family = dataset_family(dataset_id)
+    relabel = family == "antmaze" and antmaze_goal == "relabel"
+    # goal dicts -> vectors (algos/README.md). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
+    # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
+    # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
+    keys = {
+        "antmaze": ("achieved_goal", "observation") + (() if relabel else ("desired_goal",)),
+        "pointmaze": ("observation", "desired_goal"),
+    }.get(family, ("observation",))
+
+    def flatten_obs(obs: object) -> np.ndarray:
+        if isinstance(obs, dict):
+            return np.concatenate([np.asarray(obs[k], dtype=np.float32) for k in keys], axis=-1)
+        return np.asarray(obs, dtype=np.float32)
+
+    eval_kwargs, goal = {}, None
+    if family == "antmaze":
+        maze_map = antmaze_eval_map(ds, dataset_id)
+        eval_kwargs = {} if maze_map is None else {"maze_map": maze_map}
+        env = ds.recover_environment(eval_env=True, **eval_kwargs)
+        goal = np.array(env.unwrapped.maze.unique_goal_locations[0])  # the eval map's goal cell, without noise
+        env.close()
+    parts = {k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")}
+    for ep in episodes:  # episodes -> transitions: observations have T+1 rows
+        o = flatten_obs(ep.observations)
+        rewards, terminals = ep.rewards.astype(np.float32), ep.terminations.astype(bool)
+        if relabel:  # D4RL's relabel_antmaze_rewards.py: reward and terminal where the next xy is at the goal
+            terminals = np.linalg.norm(ep.observations["achieved_goal"][1:] - goal, axis=-1) <= D4RL_GOAL_RADIUS
+            rewards = terminals.astype(np.float32)
+        dones = terminals | ep.truncations.astype(bool)
+        dones[-1] = True  # an episode always ends at its last row, flagged or not
+        row = dict(observations=o[:-1], next_observations=o[1:], rewards=rewards, dones=dones.astype(np.float32),
+                   actions=ep.actions.astype(np.float32).reshape(len(rewards), -1),
+                   masks=1.0 - terminals.astype(np.float32))  # timeouts bootstrap  # fmt: skip
+        for k, v in row.items():
+            parts[k].append(v)
+    data = {k: np.concatenate(v) for k, v in parts.items()} if episodes else {k: np.zeros((0, 1)) for k in parts}
+    if relabel:  # the return is 0 or 1 (the episode ends at the goal): D4RL's AntMaze score, ref scores 0 and 1
+        normalized_score = lambda r: 100.0 * np.asarray(r)  # noqa: E731
+    elif ds.storage.metadata.get("ref_max_score") is not None:
+        normalized_score = lambda r: 100.0 * np.asarray(minari.get_normalized_score(ds, r))  # noqa: E731
+    elif family == "kitchen":  # no ref scores; the return counts completed subtasks (of 4): D4RL-style score
+        normalized_score = lambda r: 100.0 * np.clip(r, 0, 4) / 4  # noqa: E731
+    else:
+        normalized_score = None
+
+    def make_env(**kwargs) -> gym.Env:  # kwargs: gym.make's, e.g. render_mode
+        env = ds.recover_environment(eval_env=True, **eval_kwargs, **kwargs)
+        return FixedGoalAntMaze(env, goal) if relabel else env
+
+    return Task(dataset_id, family, data if with_data else None, None, make_env, flatten_obs, normalized_score)
+
+
+def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
+    import ogbench
+
+    try:  # the env alone needs no download, and tells whether the task exists
+        env = ogbench.make_env_and_datasets(name, env_only=True)
+    except gym.error.Error as e:
+        raise DatasetError(
+            f"'{name}' is not an OGBench singletask task ({e}). Names are "
+            "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
+        ) from None
+    make_env = lambda **kwargs: ogbench.make_env_and_datasets(name, env_only=True, **kwargs)  # noqa: E731
+    flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
+    if not with_data:
+        env.close()
+        return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
+    dataset_dir, splits = os.path.expanduser(dataset_dir), name.split("-")
+    base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
+    path = os.path.join(dataset_dir, f"{base}.npz")
+    if not (os.path.exists(path) and os.path.exists(path.replace(".npz", "-val.npz"))):
+        try:
+            ogbench.download_datasets([base], dataset_dir)
+        except Exception as e:
+            raise DatasetError(
+                f"OGBench dataset '{base}' (for '{name}') is not at {path} (and its -val.npz), and could not be "
+                f'downloaded ({first_line(e)}).\n  On a machine with internet: python -c "import ogbench; '
+                f"ogbench.download_datasets(['{base}'], '{dataset_dir}')\"  (or pass --dataset-dir where the .npz "
+                "files are).\n  To create it locally with OGBench's scripted oracles: python "
+                f"scripts/make_ogbench_dataset.py --env-name {base} --dataset-dir {dataset_dir}"
+            ) from None
+    try:  # singletask datasets: rewards and masks relabelled for the task by ogbench (relabel_utils.py)
+        datasets = ogbench.make_env_and_datasets(name, dataset_path=path, dataset_only=True, cur_env=env)
+    except Exception as e:
+        raise DatasetError(
+            f"OGBench dataset {path} (or its -val.npz) cannot be read ({first_line(e)}); is it corrupt or partly "
+            "downloaded? Delete it and download it again."
+        ) from None
+    env.close()
+    keys = ("observations", "actions", "rewards", "masks", "next_observations")
+    # dones: 1 at the last transition of each trajectory
+    train, val = ({**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
+                  for s in datasets)  # fmt: skip
+    return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
+
+
+# --- end of the shared data layer ---
+
+
+# --- shared replay buffer: identical in meanflowql.py and ofql.py (tests/test_cli.py checks it) ---
+class ReplayBuffer:
+    """All transitions as tensors on the training device: the offline data, then the online transitions appended."""
+
+    def __init__(self, data: dict[str, np.ndarray], capacity: int, device: torch.device):
+        self.size = len(data["rewards"])
+        self.offline_size = self.size
+        self.data = {}
+        for k in ("observations", "actions", "rewards", "masks", "next_observations"):  # episode ends are not needed
+            v = torch.as_tensor(data[k], dtype=torch.float32).reshape(self.size, -1)
+            self.data[k] = torch.zeros((capacity, v.shape[1]), dtype=torch.float32, device=device)
+            self.data[k][: self.size] = v.to(device)
+
+    def add(self, **transition: np.ndarray) -> None:
+        for k, v in transition.items():
+            self.data[k][self.size] = torch.as_tensor(v, dtype=torch.float32)
+        self.size += 1
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def online_part(self) -> dict[str, torch.Tensor]:
+        return {k: v[self.offline_size : self.size].cpu() for k, v in self.data.items()}
+
+    def restore_online_part(self, part: dict[str, torch.Tensor]) -> None:
+        """Inserted after the offline data, ahead of all the free rows: a resume that takes fewer online steps than the
+        checkpoint already holds (a changed --offline-steps or --online-steps) still has room for the rest."""
+        cut = self.offline_size
+        for k, v in part.items():
+            self.data[k] = torch.cat((self.data[k][:cut], v.to(self.data[k].device), self.data[k][cut:]))
+        self.size = self.offline_size + len(part["rewards"])
+
+
+# --- end of the shared replay buffer ---
+
+
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
@@ -1205,171 +1371,6 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 
 
 # --- end of the shared run plumbing ---
-
-
-# ======================================================================================================================
-# TRAINING LOOP: the offline steps, then online fine-tuning (one env step and one update each), evaluations, checkpoints
-# ======================================================================================================================
-def main(args: Args, given: Optional[set[str]] = None) -> None:
-    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
-    check_args(args)
-    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
-    if ckpt is not None:
-        args = resume_args(args, ckpt["args"], given)
-    dataset_id = resolve_dataset_id(args.env_id)
-    args = resolve_args(args, dataset_id)
-    total_steps = args.offline_steps + args.online_steps
-    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
-        print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
-        return
-    if ckpt is None:
-        check_writable(args.output_dir, "--output-dir")
-    device = seed_everything(args)
-
-    default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # FQL's AntMaze rewards r - 1
-    reward_bias = default_bias if args.reward_bias is None else args.reward_bias
-    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
-    if args.capture_video:
-        check_video(task.make_env)
-    # the evaluation workers fork before anything touches CUDA (forking a CUDA-initialised process is unsupported)
-    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
-    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
-        obs_stats = ckpt["obs_stats"]
-    else:  # z-scored with the dataset's statistics (the reference's also count its buffer's zero padding; not copied)
-        obs_stats = {"mean": task.data["observations"].mean(0), "std": task.data["observations"].std(0)}
-        obs_stats["std"][obs_stats["std"] < 1e-6] = 1.0
-        for split in filter(None, (task.data, task.val_data)):
-            for k in ("observations", "next_observations"):
-                split[k] = (split[k] - obs_stats["mean"]) / obs_stats["std"]
-        buffer = ReplayBuffer(task.data, capacity=len(task.data["rewards"]) + args.online_steps, device=device)
-        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
-    obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
-    obs_dim, action_dim = len(obs_mean), len(task.action_low)
-    agent = Agent(obs_dim, action_dim, args, device)
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-
-    def normalize(raw_obs: object) -> np.ndarray:
-        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
-
-    def policy(raw_obs: object, modulations: Optional[list[torch.Tensor]] = None) -> np.ndarray:
-        """Agent.act for raw env observations: actions [n, action_dim] in [-1, 1]."""
-        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
-        return agent.act(obs_t, modulations).cpu().numpy()
-
-    def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
-        with torch.no_grad():  # the parameters are fixed during an evaluation: condition on t = 1 once
-            modulations = agent.actor.condition(torch.ones(1, 1, device=device))
-        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-        video = video_file(run_dir, step) if args.capture_video else ""
-        result = evaluate(
-            lambda o: task.env_action(policy(o, modulations)), eval_envs, args.eval_episodes, args.seed, device, video
-        )
-        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-        if task.normalized_score is not None:
-            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
-        print(summary(row, [k for k in row if k != "step"]))
-        return row
-
-    if args.eval_only:
-        write_eval_summary(args.resume, evaluation(agent.step, os.path.dirname(os.path.abspath(args.resume))), args)
-        return eval_envs.close()
-    if ckpt is not None:
-        buffer.restore_online_part(ckpt["online_buffer"])
-        restore_rng(ckpt["rng"], device)
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        for f in ("train.jsonl", "eval.jsonl"):
-            truncate_jsonl(os.path.join(run_dir, f), agent.step)
-    else:
-        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    config = os.path.join(run_dir, "config.json")
-    with open(config, "w") as f:
-        json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
-    logger = Logger(run_dir, args)
-    print(
-        f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
-        f"obs {obs_dim}, action {action_dim}, device {device}; arguments in {config}"
-    )
-
-    def save() -> None:
-        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args, device,
-                        online_buffer=buffer.online_part(), obs_stats=obs_stats)  # fmt: skip
-
-    env = task.make_env() if args.online_steps > 0 else None
-    progress = Progress()
-    metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
-    # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
-    obs = env.reset(seed=args.seed + max(agent.step, args.offline_steps))[0] if env is not None else None
-    episode_return, episode_length = 0.0, 0
-
-    while agent.step < total_steps and not progress.stop:
-        online = agent.step >= args.offline_steps
-        if online:  # one env step with the best-of-C action, then one update (UTD 1)
-            action = policy(obs)[0]
-            next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
-            buffer.add(
-                observations=normalize(obs),
-                actions=action,
-                rewards=task.transform_reward(np.float32(reward)),
-                masks=np.float32(1.0 - terminated),  # timeouts bootstrap
-                next_observations=normalize(next_obs),
-            )
-            episode_return, episode_length = episode_return + float(reward), episode_length + 1
-            obs = next_obs
-            if terminated or truncated:
-                episodes.append((episode_return, episode_length))
-                obs, episode_return, episode_length = env.reset()[0], 0.0, 0
-
-        metrics = agent.update(buffer.sample(args.batch_size))
-        metric_sum = metrics if metric_sum is None else metric_sum + metrics
-        metric_count += 1
-        step, phase = agent.step, "online" if online else "offline"
-        progress.step(f"[{phase} {step}/{total_steps}]")
-
-        if step % args.log_interval == 0 or step == total_steps:
-            means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
-            if not all(math.isfinite(v) for v in means.values()):
-                raise FloatingPointError(
-                    f"non-finite loss at step {step}: {means}. Try a smaller --alpha, "
-                    "--critic-lr or --actor-lr, and check the dataset for NaN/inf values."
-                )
-            sps = progress.log()
-            row = {"step": step, "phase": phase, **means, "alpha": agent.alpha.item(),
-                   "actor_lr": float(agent.actor_sched.get_last_lr()[0]), "sps": sps}  # fmt: skip
-            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
-                # under a forked RNG, so that validation leaves the training run's random stream as it is
-                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    batch = val_buffer.sample(args.batch_size)
-                    _, val = compute_losses(agent.actor, agent.critic, agent.critic_target, batch, agent.alpha, args)
-                row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
-            if episodes:
-                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
-                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
-                row["online_env_steps"] = step - args.offline_steps
-            keys = ("sps", "critic_loss", "meanflow_loss", "q_mean", "alpha", "episodic_return")
-            line = f"[{phase} {step}/{total_steps}] {summary(row, keys)}"
-            logger.log("train", row, line + (f" | last eval: {summary(last_eval, last_eval)}" if last_eval else ""))
-            metric_sum, metric_count, episodes = None, 0, []
-
-        if step % args.eval_interval == 0 or step == total_steps:
-            if args.eval_episodes > 0:
-                row = evaluation(step, run_dir)
-                logger.log("eval", row, video=video_file(run_dir, step) if args.capture_video else "")
-                last_eval = {k: v for k, v in row.items() if k != "step"}
-            if args.save_model:
-                save()
-                if args.save_every_eval:
-                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
-            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
-
-    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save()
-    eval_envs.close()
-    if env is not None:
-        env.close()
-    logger.close()
-    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,432 @@ class Args:
 
 
 # ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): task tables, the shared data layer, the chunk replay buffer
+# ALGO LOGIC: networks, QC's ActorVectorField and Value [reconstructed]
+# ======================================================================================================================
+def xavier_(linear: nn.Linear) -> nn.Linear:
+    """variance_scaling(1, fan_avg, uniform) kernels and zero biases, the FQL/QC default."""
+    nn.init.xavier_uniform_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class MeanVelocityField(nn.Module):
+    """u_theta(a_t, t, r, s): MLP on concat(s, a_t, emb(t), emb(r)), GELU, no LayerNorm, no output squashing; a_t and
+    the output are whole chunks (h * action_dim). Exact GELU here and in the critic (flax's tanh one: within 1e-3)."""
+
+    def __init__(
+        self, obs_dim: int, chunk_dim: int, hidden_dim: int = 512, num_layers: int = 4, time_embedding: str = "raw"
+    ):
+        super().__init__()
+        self.sinusoidal = time_embedding == "sinusoidal"
+        time_dim = 64 if self.sinusoidal else 1  # QC's fourier_feature_dim
+        # QC's FourierFeatures: 32 frequencies exp(-k log(10000) / 31), features [cos(f t), sin(f t)]
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(32) / 31), persistent=False)
+        dims = [obs_dim + chunk_dim + 2 * time_dim] + [hidden_dim] * num_layers
+        self.hidden = nn.ModuleList(xavier_(nn.Linear(i, o)) for i, o in zip(dims[:-1], dims[1:]))
+        self.head = xavier_(nn.Linear(hidden_dim, chunk_dim))
+
+    def embed(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.cos(t * self.freqs), torch.sin(t * self.freqs)], dim=-1) if self.sinusoidal else t
+
+    def forward(self, obs: torch.Tensor, a: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, a, self.embed(t), self.embed(r)], dim=-1)
+        for layer in self.hidden:
+            x = F.gelu(layer(x))
+        return self.head(x)
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers applied in one batched matmul: [E, B, in] -> [E, B, out]."""
+
+    def __init__(self, ensemble: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(ensemble, 1, out_features))
+        bound = math.sqrt(6 / (in_features + out_features))  # Xavier-uniform, variance_scaling(1, fan_avg, uniform)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class CriticEnsemble(nn.Module):
+    """E critics Q_k(s, a_chunk), each an MLP with hidden layers Dense -> GELU -> LayerNorm and a scalar head."""
+
+    def __init__(self, obs_dim: int, chunk_dim: int, hidden_dim: int = 512, num_layers: int = 4, ensemble: int = 2):
+        super().__init__()
+        dims = [obs_dim + chunk_dim] + [hidden_dim] * num_layers
+        self.layers = nn.ModuleList(EnsembleLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.norm_weight = nn.Parameter(torch.ones(num_layers, ensemble, 1, hidden_dim))
+        self.norm_bias = nn.Parameter(torch.zeros(num_layers, ensemble, 1, hidden_dim))
+        self.head = EnsembleLinear(ensemble, hidden_dim, 1)
+        self.ensemble = ensemble
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], dim=-1).expand(self.ensemble, -1, -1)
+        for i, layer in enumerate(self.layers):
+            x = F.gelu(layer(x))
+            x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * self.norm_weight[i] + self.norm_bias[i]  # flax's eps
+        return self.head(x).squeeze(-1)  # [E, B]
+
+
+# ======================================================================================================================
+# ALGO LOGIC: GenSelect (Alg. 1), the action of acting, evaluation and the TD target
+# ======================================================================================================================
+@torch.no_grad()
+def gen_select(actor: nn.Module, critic: nn.Module, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """N one-step chunks a_i = clip(e_i + u(e_i, 0, 1, s), -1, 1), e_i ~ N(0, I); per observation the a_i with the
+    highest ensemble-mean Q. No gradient flows through the selection."""
+    batch, chunk_dim = obs.shape[0], actor.head.out_features
+    obs_n = obs.repeat_interleave(num_samples, dim=0)
+    noise = torch.randn(batch * num_samples, chunk_dim, device=obs.device)
+    t = obs_n.new_zeros(batch * num_samples, 1)
+    actions = (noise + actor(obs_n, noise, t, t + 1)).clamp(-1, 1)
+    q = critic(obs_n, actions).mean(0).view(batch, num_samples)
+    return actions.view(batch, num_samples, chunk_dim)[torch.arange(batch, device=obs.device), q.argmax(1)]
+
+
+# ======================================================================================================================
+# ALGO LOGIC: policy losses, L_MF with one JVP (Eq. 8-9) and L_IVC on the diagonal r = t (Eq. 15)
+# ======================================================================================================================
+def u_and_total_derivative(
+    actor: Callable, obs: torch.Tensor, a_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """u(a_t, t, r, s) and du/dt = (∂u/∂a) v + ∂u/∂t from one forward-mode JVP, tangents (v, 1, 0) on (a, t, r)."""
+    return torch.func.jvp(
+        lambda a_, t_, r_: actor(obs, a_, t_, r_), (a_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r))
+    )
+
+
+def sample_time(n: int, args: Args, device: torch.device) -> torch.Tensor:
+    """t ~ U(0, 1), or MeanFlow's sigmoid(N(mu, sigma)) mirrored as 1 - t (MeanFlow puts the data at t=0, MVP at t=1)
+    [reconstructed]."""
+    if args.time_sampler == "uniform":
+        return torch.rand(n, 1, device=device)
+    return 1 - torch.sigmoid(args.time_mu + args.time_sigma * torch.randn(n, 1, device=device))
+
+
+def sample_t_r(n: int, args: Args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r) for L_MF: two draws sorted into t <= r; a fraction mf_diag_ratio gets r = t [reconstructed]."""
+    t, r = sample_time(n, args, device), sample_time(n, args, device)
+    t, r = torch.minimum(t, r), torch.maximum(t, r)
+    return t, torch.where(torch.rand(n, 1, device=device) < args.mf_diag_ratio, t, r)
+
+
+def regression_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, adaptive_p: float = 0.0, adaptive_c: float = 1e-3
+) -> torch.Tensor:
+    """Squared error, mean over the chunk's dims with positions past an episode end zeroed (QC's BC mask), times
+    MeanFlow's adaptive weight sg((err + c)^-p) per sample (p = 0: plain MSE), mean over the batch."""
+    batch, horizon = valid.shape
+    err = ((pred - target).pow(2).view(batch, horizon, -1) * valid[:, :, None]).flatten(1).mean(1)
+    return (err * (err.detach() + adaptive_c).pow(-adaptive_p)).mean()
+
+
+def meanflow_loss(
+    actor: Callable,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    r: torch.Tensor,
+    valid: torch.Tensor,
+    adaptive_p: float = 0.0,
+    adaptive_c: float = 1e-3,
+) -> torch.Tensor:
+    """L_MF (Eq. 9): ||u(a_t, t, r, s) - sg(v + (r - t) du/dt)||^2 on the path a_t = (1 - t) e + t a*, v = a* - e;
+    the target is the identity u = v + (r - t) du/dt (Eq. 8)."""
+    a_t = (1 - t) * noise + t * actions
+    v = actions - noise
+    u, du_dt = u_and_total_derivative(actor, obs, a_t, t, r, v)
+    return regression_loss(u, (v + (r - t) * du_dt).detach(), valid, adaptive_p, adaptive_c)
+
+
+def ivc_loss(
+    actor: Callable,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    valid: torch.Tensor,
+    adaptive_p: float = 0.0,
+    adaptive_c: float = 1e-3,
+) -> torch.Tensor:
+    """L_IVC (Eq. 15): ||u(a_t, t, t, s) - v||^2, flow matching on r = t; it fixes the boundary condition
+    u(a, t, t) = v(a, t) that L_MF alone leaves free (Theorems 2-3)."""
+    a_t = (1 - t) * noise + t * actions
+    return regression_loss(actor(obs, a_t, t, t), actions - noise, valid, adaptive_p, adaptive_c)
+
+
+# ======================================================================================================================
+# ALGO LOGIC: critic loss (Eq. 20 with QC's chunked n-step backup) and one update of the Agent (Alg. 1)
+# ======================================================================================================================
+def chunk_target(rewards: torch.Tensor, masks: torch.Tensor, next_q: torch.Tensor, discount: float) -> torch.Tensor:
+    """y = sum_{i<h} gamma^i r_i + gamma^h (prod_i m_i) Q'(s_{+h}, a*_{+h}) (QC): no bootstrap once any step in the
+    chunk is terminal. Chunks that cross an episode end are dropped from the loss by valid[:, -1]."""
+    horizon = rewards.shape[1]
+    powers = discount ** torch.arange(horizon, device=rewards.device, dtype=rewards.dtype)
+    return (rewards * powers).sum(1) + discount**horizon * masks.prod(1) * next_q
+
+
+METRICS = ("critic_loss", "mf_loss", "ivc_loss", "q_mean", "q_min", "q_max", "target_mean")
+
+
+def compute_losses(
+    actor: MeanVelocityField,
+    critic: CriticEnsemble,
+    critic_target: CriticEnsemble,
+    batch: dict[str, torch.Tensor],
+    args: Args,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total loss L_Q + L_MF + lambda L_IVC (the two parameter sets are disjoint) and the METRICS as one tensor."""
+    obs, actions, valid, next_obs = batch["observations"], batch["actions"], batch["valid"], batch["next_observations"]
+
+    # critic: the next chunk is GenSelect(s_{+h}), picked by the online critic unless --select-critic target, valued
+    # by the target critic's ensemble mean (Eq. 20; QC's agents/acfql.py::critic_loss)
+    with torch.no_grad():
+        selector = critic_target if args.select_critic == "target" else critic
+        next_q = critic_target(next_obs, gen_select(actor, selector, next_obs, args.num_samples)).mean(0)
+        y = chunk_target(batch["rewards"], batch["masks"], next_q, args.discount)
+    q = critic(obs, actions)
+    critic_loss = (valid[:, -1] * (q - y).pow(2)).mean()
+
+    # policy: mean-velocity regression on buffer chunks, L_MF + lambda L_IVC (Eq. 19); no Q term
+    t, r = sample_t_r(len(obs), args, obs.device)
+    noise = torch.randn(actions.shape, device=obs.device)  # randn, not randn_like, which torch.compile's CSE merges
+    mf = meanflow_loss(actor, obs, actions, noise, t, r, valid, args.adaptive_p, args.adaptive_c)
+    t_ivc = sample_time(len(obs), args, obs.device)  # an independent t and noise for L_IVC [reconstructed]
+    noise = torch.randn(actions.shape, device=obs.device)
+    ivc = ivc_loss(actor, obs, actions, noise, t_ivc, valid, args.adaptive_p, args.adaptive_c)
+
+    total = critic_loss + mf + args.ivc_coef * ivc
+    q_d = q.detach()
+    metrics = torch.stack([critic_loss, mf, ivc, q_d.mean(), q_d.min(), q_d.max(), y.mean()]).detach()
+    return total, metrics
+
+
+class Agent:
+    """Mean-velocity generator, critic ensemble, target critic and one Adam over both; `update` is one gradient step."""
+
+    def __init__(self, obs_dim: int, action_dim: int, args: Args, device: torch.device):
+        self.args = args
+        chunk_dim = action_dim * args.horizon
+        self.actor = MeanVelocityField(
+            obs_dim, chunk_dim, args.actor_hidden_dim, args.actor_layers, args.time_embedding
+        ).to(device)
+        self.critic = CriticEnsemble(obs_dim, chunk_dim, args.critic_hidden_dim, args.critic_layers, args.num_critics)
+        self.critic.to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.opt = adam([*self.actor.parameters(), *self.critic.parameters()], args.lr, args, device)
+        self.update = compile_update(self.gradient_step, args, device)
+
+    def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All losses, one Adam step, the Polyak update (what --compile compiles); the METRICS tensor (no host sync)."""
+        total, metrics = compute_losses(self.actor, self.critic, self.critic_target, batch, self.args)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
+        return metrics
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised observations [n, obs_dim] -> GenSelect chunks [n, h * action_dim] in [-1, 1] (online critic)."""
+        return gen_select(self.actor, self.critic, obs, self.args.num_samples)
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in ("actor", "critic", "critic_target", "opt")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("actor", "critic", "critic_target", "opt"):
+            getattr(self, name).load_state_dict(state[name])
+
+
+# ======================================================================================================================
+# TRAINING LOOP: offline pre-training, then online fine-tuning with open-loop chunks (Alg. 1)
+# ======================================================================================================================
+EVAL_KEYS = ("episodic_return", "episodic_length", "success_rate", "normalized_score")
+LOG_KEYS = ("critic_loss", "mf_loss", "ivc_loss", "q_mean")  # the losses on the printed training line
+
+
+def main(args: Args, given: Optional[set[str]] = None) -> None:
+    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
+    check_args(args)
+    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
+    if ckpt is not None:
+        args = resume_args(args, ckpt["args"], given)
+    dataset_id = resolve_dataset_id(args.env_id)
+    total_steps = args.offline_steps + args.online_steps
+    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
+        print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
+        return
+    if ckpt is None:
+        check_writable(args.output_dir, "--output-dir")
+    device = seed_everything(args)
+
+    default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # AntMaze rewards r - 1, as in FQL
+    reward_bias = default_bias if args.reward_bias is None else args.reward_bias
+    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
+    if args.capture_video:
+        check_video(task.make_env)
+    # the evaluation workers fork before anything touches CUDA (forking a CUDA-initialised process is unsupported)
+    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
+    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
+        obs_stats = ckpt["obs_stats"]
+    else:
+        data = task.data
+        lengths = np.diff(np.flatnonzero(data["dones"]) + 1, prepend=0)  # episode lengths
+        if (lengths < args.horizon).all():
+            raise DatasetError(
+                f"every episode of '{dataset_id}' is shorter than --horizon {args.horizon} (the longest has "
+                f"{lengths.max()} steps), so no action chunk fits in one; use --horizon {lengths.max()} or less"
+            )
+        if (lengths < args.horizon).any():
+            print(
+                f"notice: {(lengths < args.horizon).sum()} of {len(lengths)} episodes are shorter than --horizon "
+                f"{args.horizon}; their chunks cross an episode end and are left out of the critic loss"
+            )
+        # observations normalised with fixed dataset statistics [reconstructed; QC feeds raw observations]
+        std = data["observations"].std(0)
+        std[std < 1e-6] = 1.0
+        obs_stats = {"mean": data["observations"].mean(0), "std": std}
+        for split in filter(None, (data, task.val_data)):
+            for k in ("observations", "next_observations"):
+                split[k] = (split[k] - obs_stats["mean"]) / obs_stats["std"]
+        buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
+        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    obs_dim, action_dim = len(obs_stats["mean"]), len(task.action_low)
+    agent = Agent(obs_dim, action_dim, args, device)
+    step = 0
+    if ckpt is not None:
+        step = ckpt["step"]
+        agent.load_state_dict(ckpt["agent"])
+
+    def normalize(raw_obs: object) -> np.ndarray:
+        return (task.flatten_obs(raw_obs) - obs_stats["mean"]) / obs_stats["std"]
+
+    def act_chunk(raw_obs: object) -> np.ndarray:  # env observations -> chunks [n, h, action_dim] in [-1, 1]
+        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
+        return agent.act(obs_t).view(-1, args.horizon, action_dim).cpu().numpy()
+
+    def evaluation(step: int, run_dir: str) -> dict:
+        """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
+        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+        video = video_file(run_dir, step) if args.capture_video else ""
+        act = lambda o: task.env_action(act_chunk(o))  # noqa: E731
+        result = evaluate(act, eval_envs, args.eval_episodes, args.seed, device, video)
+        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
+        if task.normalized_score is not None:
+            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
+        print(summary(row, EVAL_KEYS))
+        return row
+
+    if args.eval_only:
+        write_eval_summary(args.resume, evaluation(step, os.path.dirname(os.path.abspath(args.resume))), args)
+        return eval_envs.close()
+    if ckpt is not None:
+        buffer.restore_online_part(ckpt["online_buffer"])
+        if buffer.size > buffer.offline_size:  # the online episode in progress is cut here: no chunk may cross it
+            buffer.data["dones"][buffer.size - 1] = 1.0
+        restore_rng(ckpt["rng"], device)
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        for f in ("train.jsonl", "eval.jsonl"):
+            truncate_jsonl(os.path.join(run_dir, f), step)
+    else:
+        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
+    logger = Logger(run_dir, args)
+    print(
+        f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
+        f"obs {obs_dim}, action {action_dim} x horizon {args.horizon}, device {device}, run dir {run_dir} "
+        "(arguments in its config.json)"
+    )
+
+    def save() -> None:
+        path = os.path.join(run_dir, "model.pt")
+        save_checkpoint(path, step, agent, args, device, online_buffer=buffer.online_part(), obs_stats=obs_stats)
+
+    env = task.make_env() if args.online_steps > 0 else None
+    progress = Progress()
+    metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
+    # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
+    obs = env.reset(seed=args.seed + max(step, args.offline_steps))[0] if env is not None else None
+    episode_return, episode_length, queue = 0.0, 0, []
+
+    while step < total_steps and not progress.stop:
+        online = step >= args.offline_steps
+        phase = "online" if online else "offline"
+        if online:  # one env step from the open-loop chunk queue
+            if not queue:
+                queue = list(act_chunk(obs)[0])
+            action = queue.pop(0)
+            next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
+            # masks: timeouts bootstrap
+            buffer.add(observations=normalize(obs), actions=action, rewards=task.transform_reward(np.float32(reward)),
+                       masks=np.float32(1.0 - terminated), dones=np.float32(terminated or truncated),
+                       next_observations=normalize(next_obs))  # fmt: skip
+            episode_return, episode_length = episode_return + float(reward), episode_length + 1
+            obs = next_obs
+            if terminated or truncated:
+                episodes.append((episode_return, episode_length))
+                obs, episode_return, episode_length, queue = env.reset()[0], 0.0, 0, []
+        step += 1
+
+        if not online or step - args.offline_steps >= args.online_start_steps:  # UTD 1 once online training starts
+            metrics = agent.update(buffer.sample(args.batch_size, args.horizon))
+            metric_sum = metrics if metric_sum is None else metric_sum + metrics
+            metric_count += 1
+            progress.step(f"[{phase} {step}/{total_steps}]")
+
+        if step % args.log_interval == 0 or step == total_steps:
+            row = {"step": step, "phase": phase, "sps": progress.log()}
+            if metric_count:
+                means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+                if not all(map(math.isfinite, means.values())):
+                    raise FloatingPointError(
+                        f"non-finite loss at step {step}: {means}. Try a smaller --lr, and check the dataset for "
+                        "NaN/inf values."
+                    )
+                row.update(means)
+            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
+                # under a forked RNG, so that validation leaves the training run's random stream as it is
+                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    batch = val_buffer.sample(args.batch_size, args.horizon)
+                    _, val = compute_losses(agent.actor, agent.critic, agent.critic_target, batch, args)
+                row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
+            if episodes:
+                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
+                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
+            if online:
+                row["online_env_steps"] = step - args.offline_steps
+            last = f"last eval: {summary(last_eval, EVAL_KEYS)}" if last_eval else ""
+            line = " | ".join(filter(None, (f"[{phase} {step}/{total_steps}] SPS {row['sps']:.2f}",
+                                            summary(row, LOG_KEYS), last)))  # fmt: skip
+            logger.log("train", row, line)
+            metric_sum, metric_count, episodes = None, 0, []
+
+        if step % args.eval_interval == 0 or step == total_steps:
+            if args.eval_episodes > 0:
+                last_eval = evaluation(step, run_dir)
+                logger.log("eval", last_eval, video=video_file(run_dir, step) if args.capture_video else "")
+            if args.save_model:
+                save()
+                if args.save_every_eval:
+                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
+            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
+
+    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
+        save()
+    eval_envs.close()
+    if env is not None:
+        env.close()
+    logger.close()
+    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
+
+
+# ======================================================================================================================
+# PLUMBING (TRY NOT TO MODIFY): task aliases, data layer, chunk buffer, arguments, checkpoints, logging, evaluation
 # ======================================================================================================================
 _ANTMAZE = {"umaze": "umaze", "umaze-diverse": "umaze-diverse", "medium-play": "medium-play",
             "medium-diverse": "medium-diverse", "large": "large-play", "large-play": "large-play",
@@ -469,251 +894,6 @@ class ReplayBuffer:
         self.size = self.offline_size + len(part["rewards"])
 
 
-# ======================================================================================================================
-# ALGO LOGIC: networks, QC's ActorVectorField and Value [reconstructed]
-# ======================================================================================================================
-def xavier_(linear: nn.Linear) -> nn.Linear:
-    """variance_scaling(1, fan_avg, uniform) kernels and zero biases, the FQL/QC default."""
-    nn.init.xavier_uniform_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    return linear
-
-
-class MeanVelocityField(nn.Module):
-    """u_theta(a_t, t, r, s): MLP on concat(s, a_t, emb(t), emb(r)), GELU, no LayerNorm, no output squashing; a_t and
-    the output are whole chunks (h * action_dim). Exact GELU here and in the critic (flax's tanh one: within 1e-3)."""
-
-    def __init__(
-        self, obs_dim: int, chunk_dim: int, hidden_dim: int = 512, num_layers: int = 4, time_embedding: str = "raw"
-    ):
-        super().__init__()
-        self.sinusoidal = time_embedding == "sinusoidal"
-        time_dim = 64 if self.sinusoidal else 1  # QC's fourier_feature_dim
-        # QC's FourierFeatures: 32 frequencies exp(-k log(10000) / 31), features [cos(f t), sin(f t)]
-        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(32) / 31), persistent=False)
-        dims = [obs_dim + chunk_dim + 2 * time_dim] + [hidden_dim] * num_layers
-        self.hidden = nn.ModuleList(xavier_(nn.Linear(i, o)) for i, o in zip(dims[:-1], dims[1:]))
-        self.head = xavier_(nn.Linear(hidden_dim, chunk_dim))
-
-    def embed(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.cos(t * self.freqs), torch.sin(t * self.freqs)], dim=-1) if self.sinusoidal else t
-
-    def forward(self, obs: torch.Tensor, a: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, a, self.embed(t), self.embed(r)], dim=-1)
-        for layer in self.hidden:
-            x = F.gelu(layer(x))
-        return self.head(x)
-
-
-class EnsembleLinear(nn.Module):
-    """E independent linear layers applied in one batched matmul: [E, B, in] -> [E, B, out]."""
-
-    def __init__(self, ensemble: int, in_features: int, out_features: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(ensemble, in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(ensemble, 1, out_features))
-        bound = math.sqrt(6 / (in_features + out_features))  # Xavier-uniform, variance_scaling(1, fan_avg, uniform)
-        nn.init.uniform_(self.weight, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class CriticEnsemble(nn.Module):
-    """E critics Q_k(s, a_chunk), each an MLP with hidden layers Dense -> GELU -> LayerNorm and a scalar head."""
-
-    def __init__(self, obs_dim: int, chunk_dim: int, hidden_dim: int = 512, num_layers: int = 4, ensemble: int = 2):
-        super().__init__()
-        dims = [obs_dim + chunk_dim] + [hidden_dim] * num_layers
-        self.layers = nn.ModuleList(EnsembleLinear(ensemble, i, o) for i, o in zip(dims[:-1], dims[1:]))
-        self.norm_weight = nn.Parameter(torch.ones(num_layers, ensemble, 1, hidden_dim))
-        self.norm_bias = nn.Parameter(torch.zeros(num_layers, ensemble, 1, hidden_dim))
-        self.head = EnsembleLinear(ensemble, hidden_dim, 1)
-        self.ensemble = ensemble
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, actions], dim=-1).expand(self.ensemble, -1, -1)
-        for i, layer in enumerate(self.layers):
-            x = F.gelu(layer(x))
-            x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * self.norm_weight[i] + self.norm_bias[i]  # flax's eps
-        return self.head(x).squeeze(-1)  # [E, B]
-
-
-# ======================================================================================================================
-# ALGO LOGIC: GenSelect (Alg. 1), the action of acting, evaluation and the TD target
-# ======================================================================================================================
-@torch.no_grad()
-def gen_select(actor: nn.Module, critic: nn.Module, obs: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """N one-step chunks a_i = clip(e_i + u(e_i, 0, 1, s), -1, 1), e_i ~ N(0, I); per observation the a_i with the
-    highest ensemble-mean Q. No gradient flows through the selection."""
-    batch, chunk_dim = obs.shape[0], actor.head.out_features
-    obs_n = obs.repeat_interleave(num_samples, dim=0)
-    noise = torch.randn(batch * num_samples, chunk_dim, device=obs.device)
-    t = obs_n.new_zeros(batch * num_samples, 1)
-    actions = (noise + actor(obs_n, noise, t, t + 1)).clamp(-1, 1)
-    q = critic(obs_n, actions).mean(0).view(batch, num_samples)
-    return actions.view(batch, num_samples, chunk_dim)[torch.arange(batch, device=obs.device), q.argmax(1)]
-
-
-# ======================================================================================================================
-# ALGO LOGIC: policy losses, L_MF with one JVP (Eq. 8-9) and L_IVC on the diagonal r = t (Eq. 15)
-# ======================================================================================================================
-def u_and_total_derivative(
-    actor: Callable, obs: torch.Tensor, a_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """u(a_t, t, r, s) and du/dt = (∂u/∂a) v + ∂u/∂t from one forward-mode JVP, tangents (v, 1, 0) on (a, t, r)."""
-    return torch.func.jvp(
-        lambda a_, t_, r_: actor(obs, a_, t_, r_), (a_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r))
-    )
-
-
-def sample_time(n: int, args: Args, device: torch.device) -> torch.Tensor:
-    """t ~ U(0, 1), or MeanFlow's sigmoid(N(mu, sigma)) mirrored as 1 - t (MeanFlow puts the data at t=0, MVP at t=1)
-    [reconstructed]."""
-    if args.time_sampler == "uniform":
-        return torch.rand(n, 1, device=device)
-    return 1 - torch.sigmoid(args.time_mu + args.time_sigma * torch.randn(n, 1, device=device))
-
-
-def sample_t_r(n: int, args: Args, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, r) for L_MF: two draws sorted into t <= r; a fraction mf_diag_ratio gets r = t [reconstructed]."""
-    t, r = sample_time(n, args, device), sample_time(n, args, device)
-    t, r = torch.minimum(t, r), torch.maximum(t, r)
-    return t, torch.where(torch.rand(n, 1, device=device) < args.mf_diag_ratio, t, r)
-
-
-def regression_loss(
-    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, adaptive_p: float = 0.0, adaptive_c: float = 1e-3
-) -> torch.Tensor:
-    """Squared error, mean over the chunk's dims with positions past an episode end zeroed (QC's BC mask), times
-    MeanFlow's adaptive weight sg((err + c)^-p) per sample (p = 0: plain MSE), mean over the batch."""
-    batch, horizon = valid.shape
-    err = ((pred - target).pow(2).view(batch, horizon, -1) * valid[:, :, None]).flatten(1).mean(1)
-    return (err * (err.detach() + adaptive_c).pow(-adaptive_p)).mean()
-
-
-def meanflow_loss(
-    actor: Callable,
-    obs: torch.Tensor,
-    actions: torch.Tensor,
-    noise: torch.Tensor,
-    t: torch.Tensor,
-    r: torch.Tensor,
-    valid: torch.Tensor,
-    adaptive_p: float = 0.0,
-    adaptive_c: float = 1e-3,
-) -> torch.Tensor:
-    """L_MF (Eq. 9): ||u(a_t, t, r, s) - sg(v + (r - t) du/dt)||^2 on the path a_t = (1 - t) e + t a*, v = a* - e;
-    the target is the identity u = v + (r - t) du/dt (Eq. 8)."""
-    a_t = (1 - t) * noise + t * actions
-    v = actions - noise
-    u, du_dt = u_and_total_derivative(actor, obs, a_t, t, r, v)
-    return regression_loss(u, (v + (r - t) * du_dt).detach(), valid, adaptive_p, adaptive_c)
-
-
-def ivc_loss(
-    actor: Callable,
-    obs: torch.Tensor,
-    actions: torch.Tensor,
-    noise: torch.Tensor,
-    t: torch.Tensor,
-    valid: torch.Tensor,
-    adaptive_p: float = 0.0,
-    adaptive_c: float = 1e-3,
-) -> torch.Tensor:
-    """L_IVC (Eq. 15): ||u(a_t, t, t, s) - v||^2, flow matching on r = t; it fixes the boundary condition
-    u(a, t, t) = v(a, t) that L_MF alone leaves free (Theorems 2-3)."""
-    a_t = (1 - t) * noise + t * actions
-    return regression_loss(actor(obs, a_t, t, t), actions - noise, valid, adaptive_p, adaptive_c)
-
-
-# ======================================================================================================================
-# ALGO LOGIC: critic loss (Eq. 20 with QC's chunked n-step backup) and one update of the Agent (Alg. 1)
-# ======================================================================================================================
-def chunk_target(rewards: torch.Tensor, masks: torch.Tensor, next_q: torch.Tensor, discount: float) -> torch.Tensor:
-    """y = sum_{i<h} gamma^i r_i + gamma^h (prod_i m_i) Q'(s_{+h}, a*_{+h}) (QC): no bootstrap once any step in the
-    chunk is terminal. Chunks that cross an episode end are dropped from the loss by valid[:, -1]."""
-    horizon = rewards.shape[1]
-    powers = discount ** torch.arange(horizon, device=rewards.device, dtype=rewards.dtype)
-    return (rewards * powers).sum(1) + discount**horizon * masks.prod(1) * next_q
-
-
-METRICS = ("critic_loss", "mf_loss", "ivc_loss", "q_mean", "q_min", "q_max", "target_mean")
-
-
-def compute_losses(
-    actor: MeanVelocityField,
-    critic: CriticEnsemble,
-    critic_target: CriticEnsemble,
-    batch: dict[str, torch.Tensor],
-    args: Args,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Total loss L_Q + L_MF + lambda L_IVC (the two parameter sets are disjoint) and the METRICS as one tensor."""
-    obs, actions, valid, next_obs = batch["observations"], batch["actions"], batch["valid"], batch["next_observations"]
-
-    # critic: the next chunk is GenSelect(s_{+h}), picked by the online critic unless --select-critic target, valued
-    # by the target critic's ensemble mean (Eq. 20; QC's agents/acfql.py::critic_loss)
-    with torch.no_grad():
-        selector = critic_target if args.select_critic == "target" else critic
-        next_q = critic_target(next_obs, gen_select(actor, selector, next_obs, args.num_samples)).mean(0)
-        y = chunk_target(batch["rewards"], batch["masks"], next_q, args.discount)
-    q = critic(obs, actions)
-    critic_loss = (valid[:, -1] * (q - y).pow(2)).mean()
-
-    # policy: mean-velocity regression on buffer chunks, L_MF + lambda L_IVC (Eq. 19); no Q term
-    t, r = sample_t_r(len(obs), args, obs.device)
-    noise = torch.randn(actions.shape, device=obs.device)  # randn, not randn_like, which torch.compile's CSE merges
-    mf = meanflow_loss(actor, obs, actions, noise, t, r, valid, args.adaptive_p, args.adaptive_c)
-    t_ivc = sample_time(len(obs), args, obs.device)  # an independent t and noise for L_IVC [reconstructed]
-    noise = torch.randn(actions.shape, device=obs.device)
-    ivc = ivc_loss(actor, obs, actions, noise, t_ivc, valid, args.adaptive_p, args.adaptive_c)
-
-    total = critic_loss + mf + args.ivc_coef * ivc
-    q_d = q.detach()
-    metrics = torch.stack([critic_loss, mf, ivc, q_d.mean(), q_d.min(), q_d.max(), y.mean()]).detach()
-    return total, metrics
-
-
-class Agent:
-    """Mean-velocity generator, critic ensemble, target critic and one Adam over both; `update` is one gradient step."""
-
-    def __init__(self, obs_dim: int, action_dim: int, args: Args, device: torch.device):
-        self.args = args
-        chunk_dim = action_dim * args.horizon
-        self.actor = MeanVelocityField(
-            obs_dim, chunk_dim, args.actor_hidden_dim, args.actor_layers, args.time_embedding
-        ).to(device)
-        self.critic = CriticEnsemble(obs_dim, chunk_dim, args.critic_hidden_dim, args.critic_layers, args.num_critics)
-        self.critic.to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.opt = adam([*self.actor.parameters(), *self.critic.parameters()], args.lr, args, device)
-        self.update = compile_update(self.gradient_step, args, device)
-
-    def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """All losses, one Adam step, the Polyak update (what --compile compiles); the METRICS tensor (no host sync)."""
-        total, metrics = compute_losses(self.actor, self.critic, self.critic_target, batch, self.args)
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        self.opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.args.tau)
-        return metrics
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Normalised observations [n, obs_dim] -> GenSelect chunks [n, h * action_dim] in [-1, 1] (online critic)."""
-        return gen_select(self.actor, self.critic, obs, self.args.num_samples)
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in ("actor", "critic", "critic_target", "opt")}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in ("actor", "critic", "critic_target", "opt"):
-            getattr(self, name).load_state_dict(state[name])
-
-
-# ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): arguments, checkpoints, logging, evaluation (the same in the four scripts)
-# ======================================================================================================================
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
@@ -1094,188 +1274,6 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 
 
 # --- end of the shared run plumbing ---
-
-# ======================================================================================================================
-# main: offline pre-training, then online fine-tuning with open-loop chunks (Alg. 1)
-# ======================================================================================================================
-EVAL_KEYS = ("episodic_return", "episodic_length", "success_rate", "normalized_score")
-LOG_KEYS = ("critic_loss", "mf_loss", "ivc_loss", "q_mean")  # the losses on the printed training line
-
-
-def main(args: Args, given: Optional[set[str]] = None) -> None:
-    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
-    check_args(args)
-    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
-    if ckpt is not None:
-        args = resume_args(args, ckpt["args"], given)
-    dataset_id = resolve_dataset_id(args.env_id)
-    total_steps = args.offline_steps + args.online_steps
-    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
-        print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
-        return
-    if ckpt is None:
-        check_writable(args.output_dir, "--output-dir")
-    device = seed_everything(args)
-
-    default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # AntMaze rewards r - 1, as in FQL
-    reward_bias = default_bias if args.reward_bias is None else args.reward_bias
-    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, 1.0, reward_bias, not args.eval_only)
-    if args.capture_video:
-        check_video(task.make_env)
-    # the evaluation workers fork before anything touches CUDA (forking a CUDA-initialised process is unsupported)
-    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
-    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
-        obs_stats = ckpt["obs_stats"]
-    else:
-        data = task.data
-        lengths = np.diff(np.flatnonzero(data["dones"]) + 1, prepend=0)  # episode lengths
-        if (lengths < args.horizon).all():
-            raise DatasetError(
-                f"every episode of '{dataset_id}' is shorter than --horizon {args.horizon} (the longest has "
-                f"{lengths.max()} steps), so no action chunk fits in one; use --horizon {lengths.max()} or less"
-            )
-        if (lengths < args.horizon).any():
-            print(
-                f"notice: {(lengths < args.horizon).sum()} of {len(lengths)} episodes are shorter than --horizon "
-                f"{args.horizon}; their chunks cross an episode end and are left out of the critic loss"
-            )
-        # observations normalised with fixed dataset statistics [reconstructed; QC feeds raw observations]
-        std = data["observations"].std(0)
-        std[std < 1e-6] = 1.0
-        obs_stats = {"mean": data["observations"].mean(0), "std": std}
-        for split in filter(None, (data, task.val_data)):
-            for k in ("observations", "next_observations"):
-                split[k] = (split[k] - obs_stats["mean"]) / obs_stats["std"]
-        buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
-        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
-    obs_dim, action_dim = len(obs_stats["mean"]), len(task.action_low)
-    agent = Agent(obs_dim, action_dim, args, device)
-    step = 0
-    if ckpt is not None:
-        step = ckpt["step"]
-        agent.load_state_dict(ckpt["agent"])
-
-    def normalize(raw_obs: object) -> np.ndarray:
-        return (task.flatten_obs(raw_obs) - obs_stats["mean"]) / obs_stats["std"]
-
-    def act_chunk(raw_obs: object) -> np.ndarray:  # env observations -> chunks [n, h, action_dim] in [-1, 1]
-        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
-        return agent.act(obs_t).view(-1, args.horizon, action_dim).cpu().numpy()
-
-    def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
-        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-        video = video_file(run_dir, step) if args.capture_video else ""
-        act = lambda o: task.env_action(act_chunk(o))  # noqa: E731
-        result = evaluate(act, eval_envs, args.eval_episodes, args.seed, device, video)
-        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-        if task.normalized_score is not None:
-            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
-        print(summary(row, EVAL_KEYS))
-        return row
-
-    if args.eval_only:
-        write_eval_summary(args.resume, evaluation(step, os.path.dirname(os.path.abspath(args.resume))), args)
-        return eval_envs.close()
-    if ckpt is not None:
-        buffer.restore_online_part(ckpt["online_buffer"])
-        if buffer.size > buffer.offline_size:  # the online episode in progress is cut here: no chunk may cross it
-            buffer.data["dones"][buffer.size - 1] = 1.0
-        restore_rng(ckpt["rng"], device)
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        for f in ("train.jsonl", "eval.jsonl"):
-            truncate_jsonl(os.path.join(run_dir, f), step)
-    else:
-        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
-    logger = Logger(run_dir, args)
-    print(
-        f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
-        f"obs {obs_dim}, action {action_dim} x horizon {args.horizon}, device {device}, run dir {run_dir} "
-        "(arguments in its config.json)"
-    )
-
-    def save() -> None:
-        path = os.path.join(run_dir, "model.pt")
-        save_checkpoint(path, step, agent, args, device, online_buffer=buffer.online_part(), obs_stats=obs_stats)
-
-    env = task.make_env() if args.online_steps > 0 else None
-    progress = Progress()
-    metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
-    # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
-    obs = env.reset(seed=args.seed + max(step, args.offline_steps))[0] if env is not None else None
-    episode_return, episode_length, queue = 0.0, 0, []
-
-    while step < total_steps and not progress.stop:
-        online = step >= args.offline_steps
-        phase = "online" if online else "offline"
-        if online:  # one env step from the open-loop chunk queue
-            if not queue:
-                queue = list(act_chunk(obs)[0])
-            action = queue.pop(0)
-            next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
-            # masks: timeouts bootstrap
-            buffer.add(observations=normalize(obs), actions=action, rewards=task.transform_reward(np.float32(reward)),
-                       masks=np.float32(1.0 - terminated), dones=np.float32(terminated or truncated),
-                       next_observations=normalize(next_obs))  # fmt: skip
-            episode_return, episode_length = episode_return + float(reward), episode_length + 1
-            obs = next_obs
-            if terminated or truncated:
-                episodes.append((episode_return, episode_length))
-                obs, episode_return, episode_length, queue = env.reset()[0], 0.0, 0, []
-        step += 1
-
-        if not online or step - args.offline_steps >= args.online_start_steps:  # UTD 1 once online training starts
-            metrics = agent.update(buffer.sample(args.batch_size, args.horizon))
-            metric_sum = metrics if metric_sum is None else metric_sum + metrics
-            metric_count += 1
-            progress.step(f"[{phase} {step}/{total_steps}]")
-
-        if step % args.log_interval == 0 or step == total_steps:
-            row = {"step": step, "phase": phase, "sps": progress.log()}
-            if metric_count:
-                means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
-                if not all(map(math.isfinite, means.values())):
-                    raise FloatingPointError(
-                        f"non-finite loss at step {step}: {means}. Try a smaller --lr, and check the dataset for "
-                        "NaN/inf values."
-                    )
-                row.update(means)
-            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
-                # under a forked RNG, so that validation leaves the training run's random stream as it is
-                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    batch = val_buffer.sample(args.batch_size, args.horizon)
-                    _, val = compute_losses(agent.actor, agent.critic, agent.critic_target, batch, args)
-                row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
-            if episodes:
-                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
-                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
-            if online:
-                row["online_env_steps"] = step - args.offline_steps
-            last = f"last eval: {summary(last_eval, EVAL_KEYS)}" if last_eval else ""
-            line = " | ".join(filter(None, (f"[{phase} {step}/{total_steps}] SPS {row['sps']:.2f}",
-                                            summary(row, LOG_KEYS), last)))  # fmt: skip
-            logger.log("train", row, line)
-            metric_sum, metric_count, episodes = None, 0, []
-
-        if step % args.eval_interval == 0 or step == total_steps:
-            if args.eval_episodes > 0:
-                last_eval = evaluation(step, run_dir)
-                logger.log("eval", last_eval, video=video_file(run_dir, step) if args.capture_video else "")
-            if args.save_model:
-                save()
-                if args.save_every_eval:
-                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
-            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
-
-    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save()
-    eval_envs.close()
-    if env is not None:
-        env.close()
-    logger.close()
-    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 
 if __name__ == "__main__":

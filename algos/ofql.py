@@ -104,28 +104,8 @@ class Args:
 
 
 # ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): task tables, per-family defaults, the shared data layer, the replay buffer
+# ALGO LOGIC: the paper's per-task values
 # ======================================================================================================================
-_ANTMAZE = {k: k for k in ("umaze", "umaze-diverse", "medium-play", "medium-diverse")}
-_ANTMAZE |= {"large": "large-play", "large-play": "large-play", "large-diverse": "large-diverse"}  # antmaze-large: play
-_ADROIT = ("pen", "door", "hammer", "relocate")
-ALIASES: dict[str, str] = {
-    **{f"antmaze-{k}": f"D4RL/antmaze/{v}-v1" for k, v in _ANTMAZE.items()},
-    **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
-    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in _ADROIT for k in ("human", "cloned", "expert")},
-    **{
-        f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2"
-        for m in ("open", "umaze", "medium", "large")
-        for d in ("", "-dense")
-    },
-    **{
-        f"{e}-{k}": f"mujoco/{e}/{k}-v0"
-        for e in ("halfcheetah", "hopper", "walker2d")
-        for k in ("simple", "medium", "expert")
-    },
-}
-"""short --env-id aliases -> Minari dataset ids; Minari's MuJoCo sets are new data, not D4RL's"""
-
 # eta: MuJoCo 0.1, AntMaze 0.5, Kitchen 0.01 [reconstructed: the paper tunes eta in {0.001, 0.01, 0.1, 0.3, 0.5}
 # without reporting the values, and notes that Kitchen needs a small eta and AntMaze a large one]; 2M MuJoCo steps
 FAMILY_DEFAULTS: dict[str, dict] = {
@@ -162,6 +142,519 @@ def resolve_args(args: Args, dataset_id: str) -> Args:
     return Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
 
 
+def default_reward_transform(family: str) -> tuple[float, float]:
+    """(scale, bias) of rewards (r + bias) * scale: DQL's AntMaze (r - 0.5) * 4 (utils/data_sampler.py); PointMaze r - 1
+    [reconstructed: with 0/1 rewards the actor's Q / mean|Q| amplifies the critic's noise early on; algos/README.md
+    "OFQL"]."""
+    return {"antmaze": (4.0, -0.5), "pointmaze": (1.0, -1.0)}.get(family, (1.0, 0.0))
+
+
+# ======================================================================================================================
+# ALGO LOGIC: networks, u_theta(a_t, r, t; s) and the twin critics (DQL's 3 x 256 Mish MLPs)
+# ======================================================================================================================
+class SinusoidalEmbedding(nn.Module):
+    """DQL's SinusoidalPosEmb of `scale * x`: [sin(x f_k), cos(x f_k)], f_k = 10000^(-k / (dim/2 - 1))."""
+
+    def __init__(self, dim: int, scale: float):
+        super().__init__()
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1)), persistent=False)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.scale * x * self.freqs  # [B, 1] -> [B, dim/2]
+        return torch.cat([x.sin(), x.cos()], dim=-1)
+
+
+def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    """num_layers x (Linear, Mish), then a linear head; PyTorch's default init as in DQL."""
+    layers: list[nn.Module] = []
+    for _ in range(num_layers):
+        layers += [nn.Linear(in_dim, hidden_dim), nn.Mish()]
+        in_dim = hidden_dim
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+class AverageVelocityNet(nn.Module):
+    """u_theta(a_t, r, t; s): DQL's MLP on concat(a_t, s, emb(t), emb(r)), each time through the sinusoidal embedding
+    and a Linear(E, 2E)-Mish-Linear(2E, E) branch (CleanDiffuser's DQLMlp); a [1, 1] time is broadcast."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_dim: int = 256,
+        num_layers: int = 3,
+        emb_dim: int = 64,
+        emb_scale: float = 1.0,
+        shared_time_mlp: bool = False,
+    ):
+        super().__init__()
+        self.embed = SinusoidalEmbedding(emb_dim, emb_scale)
+        self.t_mlp = mlp(emb_dim, 2 * emb_dim, 1, emb_dim)
+        self.r_mlp = self.t_mlp if shared_time_mlp else mlp(emb_dim, 2 * emb_dim, 1, emb_dim)
+        self.body = mlp(action_dim + obs_dim + 2 * emb_dim, hidden_dim, num_layers, action_dim)
+
+    def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[0]
+        emb_t = self.t_mlp(self.embed(t)).expand(batch, -1)
+        emb_r = self.r_mlp(self.embed(r)).expand(batch, -1)
+        return self.body(torch.cat([z, obs, emb_t, emb_r], dim=-1))
+
+
+class TwinLinear(nn.Module):
+    """Two independent linear layers in one batched matmul, [2, B, in] -> [2, B, out]; nn.Linear's default init."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(2, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(2, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class TwinCritic(nn.Module):
+    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1, evaluated together; returns [2, B]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3):
+        super().__init__()
+        dims = [obs_dim + action_dim] + [hidden_dim] * num_layers + [1]
+        self.layers = nn.ModuleList(TwinLinear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], dim=-1).expand(2, -1, -1)
+        for layer in self.layers[:-1]:
+            x = F.mish(layer(x))
+        return self.layers[-1](x).squeeze(-1)
+
+
+# ======================================================================================================================
+# ALGO LOGIC: the one-step action and the FBC (MeanFlow) loss with one JVP (Eq. 12-16)
+# ======================================================================================================================
+def one_step_action(policy: Callable, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """a = e - u(e, r=0, t=1; s) (Eq. 12/16): one network call, differentiable, not clipped."""
+    zero, one = noise.new_zeros(1, 1), noise.new_ones(1, 1)
+    return noise - policy(noise, zero, one, obs)
+
+
+def u_and_total_derivative(
+    policy: Callable, obs: torch.Tensor, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """u(z, r, t; s) and du/dt = v . d_z u + d_t u from one forward-mode JVP over (z, r, t) with tangents (v, 0, 1);
+    the state gets no tangent (Eq. 14, App. O)."""
+    return torch.func.jvp(
+        lambda z_, r_, t_: policy(z_, r_, t_, obs), (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t))
+    )
+
+
+def sample_times(
+    batch_size: int,
+    flow_ratio: float,
+    sampler: str = "logit-normal",
+    mu: float = -0.4,
+    sigma: float = 1.0,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, r), each [B, 1], 0 <= r <= t <= 1 (py-meanflow's time_sampler.py): two independent draws (sigmoid(N(mu,
+    sigma^2)) or U(0, 1)), t the larger and r the smaller, then r = t with probability flow_ratio (Table 3, App. M)."""
+    if sampler == "logit-normal":
+        draws = torch.sigmoid(mu + sigma * torch.randn(2, batch_size, 1, device=device))
+    else:
+        draws = torch.rand(2, batch_size, 1, device=device)
+    t, r = draws.max(0).values, draws.min(0).values
+    r = torch.where(torch.rand(batch_size, 1, device=device) < flow_ratio, t, r)
+    return t, r
+
+
+def fbc_loss(
+    policy: Callable,
+    obs: torch.Tensor,
+    actions: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    r: torch.Tensor,
+    adaptive_p: float = 0.0,
+) -> torch.Tensor:
+    """L_FBC = E ||u(a_t, r, t; s) - sg(u_tgt)||^2 with u_tgt = v - (t - r) du/dt (Eq. 13-15); mean over batch and
+    action dims (DQL's BC loss). r = t gives plain flow matching, u_tgt = v."""
+    z = (1 - t) * actions + t * noise  # a_t on the straight path from the data (t=0) to the noise (t=1)
+    v = noise - actions  # conditional velocity, not a model estimate
+    u, du_dt = u_and_total_derivative(policy, obs, z, r, t, v)
+    u_tgt = (v - (t - r) * du_dt).detach()
+    delta_sq = (u - u_tgt).pow(2).mean(dim=-1)
+    weight = (delta_sq.detach() + 0.01).pow(-adaptive_p)  # MeanFlow's adaptive weight (norm_eps 0.01); 1 at p = 0
+    return (weight * delta_sq).mean()
+
+
+# ======================================================================================================================
+# ALGO LOGIC: critic loss with the max-Q backup, actor loss (Eq. 6, 7, 17)
+# ======================================================================================================================
+METRICS = ("critic_loss", "q_data", "td_target", "fbc_loss", "q_loss", "actor_loss")
+
+
+def max_q_backup(q_next: torch.Tensor) -> torch.Tensor:
+    """[2, B, N] target-critic values of N next actions per next state -> [B]: the max over the samples for each
+    critic, then the min of the two maxima (DQL's max-Q backup). N = 1 is the plain clipped double-Q target."""
+    return q_next.max(dim=-1).values.min(dim=0).values
+
+
+@torch.no_grad()
+def td_target(
+    policy_target: Callable, critic_target: nn.Module, batch: dict[str, torch.Tensor], discount: float, num_samples: int
+) -> torch.Tensor:
+    """y = r + gamma * mask * backup(Q'(s', a')), with a' = clip(e - u_theta'(e, 0, 1; s')) from the EMA policy
+    (Eq. 6/17), num_samples a' per s'."""
+    next_obs = batch["next_observations"].repeat_interleave(num_samples, dim=0)  # rows grouped per state
+    noise = torch.randn(next_obs.shape[0], batch["actions"].shape[1], device=next_obs.device)
+    next_actions = one_step_action(policy_target, next_obs, noise).clamp(-1, 1)
+    q_next = critic_target(next_obs, next_actions).view(2, -1, num_samples)
+    return batch["rewards"].squeeze(-1) + discount * batch["masks"].squeeze(-1) * max_q_backup(q_next)
+
+
+def critic_loss(
+    policy_target: nn.Module, critic: nn.Module, critic_target: nn.Module, batch: dict[str, torch.Tensor], args: Args
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_i E (y - Q_i(s, a))^2 (Eq. 6/17, DQL's sum of the two MSEs) and its metrics."""
+    y = td_target(policy_target, critic_target, batch, args.discount, args.max_q_samples)
+    q = critic(batch["observations"], batch["actions"])
+    loss = (q - y).pow(2).mean(dim=1).sum()
+    return loss, torch.stack([loss, q.mean(), y.mean()]).detach()
+
+
+def actor_loss(
+    policy: nn.Module, critic: nn.Module, batch: dict[str, torch.Tensor], args: Args
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_FBC + eta * (-Q_1(s, a_pi).mean() / |Q_2(s, a)|.mean().detach()), the critics swapped at random (Eq. 7/17;
+    alpha = eta / E|Q(s, a)| over dataset actions a as in Sec. 3.2, or over a_pi as in DQL's code); the Q gradient
+    flows through the one-step action only (App. I)."""
+    obs, actions = batch["observations"], batch["actions"]
+    batch_size, device = actions.shape[0], actions.device
+    t, r = sample_times(batch_size, args.flow_ratio, args.time_sampler, args.time_mu, args.time_sigma, device)
+    noise = torch.randn(actions.shape, device=device)  # randn, not randn_like, which torch.compile's CSE merges
+    fbc = fbc_loss(policy, obs, actions, noise, t, r, args.adaptive_p)
+
+    a_pi = one_step_action(policy, obs, torch.randn(actions.shape, device=device))
+    if args.clip_in_actor_loss:
+        a_pi = a_pi.clamp(-1, 1)
+    frozen = {k: p.detach() for k, p in critic.named_parameters()}  # no critic gradients from the actor loss
+    q = torch.func.functional_call(critic, frozen, (obs, a_pi))
+    q_norm = q if args.q_normalizer == "policy" else torch.func.functional_call(critic, frozen, (obs, actions))
+    swap = torch.rand((), device=device) < 0.5
+    q1, q2 = torch.where(swap, q[1], q[0]), torch.where(swap, q_norm[0], q_norm[1])
+    q_loss = -q1.mean() / q2.abs().mean().detach()
+    loss = fbc + args.eta * q_loss
+    return loss, torch.stack([fbc, q_loss, loss]).detach()
+
+
+# ======================================================================================================================
+# ALGO LOGIC: one update is one iteration of Algorithm 1 (App. B); Agent.act for evaluation and online acting
+# ======================================================================================================================
+def lerp_(target: nn.Module, source: nn.Module, weight: float) -> None:
+    """target <- target + weight * (source - target), parameter-wise."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), weight)
+
+
+class Agent:
+    """Policy, twin critics, their EMA targets, optimisers and LR schedules; `update` is one iteration of Alg. 1."""
+
+    STATE = ("policy", "policy_target", "critic", "critic_target", "policy_opt", "critic_opt", "policy_sched",
+             "critic_sched")  # fmt: skip
+    """what a checkpoint holds, besides the step counter"""
+
+    def __init__(self, obs_dim: int, action_dim: int, args: Args, device: torch.device):
+        a = self.args = args
+        self.action_dim = action_dim
+        self.policy = AverageVelocityNet(
+            obs_dim, action_dim, a.hidden_dim, a.num_layers, a.time_emb_dim, a.time_emb_scale, a.shared_time_mlp
+        ).to(device)
+        self.critic = TwinCritic(obs_dim, action_dim, a.hidden_dim, a.num_layers).to(device)
+        self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.policy_opt = adam(self.policy.parameters(), a.actor_lr, a, device)
+        self.critic_opt = adam(self.critic.parameters(), a.critic_lr, a, device)
+        self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, self.lr_factor)
+        self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, self.lr_factor)
+        self.step = 0
+        self.train_step = compile_update(self.gradient_step, a, device)
+
+    def lr_factor(self, step: int) -> float:
+        """Cosine annealing to 0 over the whole run (DQL --lr_decay, CleanDiffuser's CosineAnnealingLR)."""
+        a = self.args
+        if a.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / (a.offline_steps + a.online_steps))))
+
+    def update(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Alg. 1 l. 1-5: the gradient step, then every K steps the EMA (theta' <- rho theta' + (1 - rho) theta, from
+        step ema_start; phi' likewise with --critic-tau None). Returns the METRICS tensor (no host sync)."""
+        a = self.args
+        self.step += 1
+        metrics = self.train_step(batch)
+        self.policy_sched.step()
+        self.critic_sched.step()
+        if self.step % a.ema_every == 0:
+            with torch.no_grad():
+                if a.critic_tau is None:
+                    lerp_(self.critic_target, self.critic, 1 - a.ema_rho)
+                if self.step >= a.ema_start:
+                    lerp_(self.policy_target, self.policy, 1 - a.ema_rho)
+        return metrics
+
+    def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The critic step on the EMA policy's target, the actor step against the updated critic, then DQL's per-step
+        Polyak update phi' <- (1 - tau) phi' + tau phi (what --compile compiles)."""
+        a = self.args
+        loss, critic_metrics = critic_loss(self.policy_target, self.critic, self.critic_target, batch, a)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if a.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.critic.parameters(), a.grad_clip, foreach=True)
+        self.critic_opt.step()
+
+        loss, actor_metrics = actor_loss(self.policy, self.critic, batch, a)
+        self.policy_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if a.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip, foreach=True)
+        self.policy_opt.step()
+        if a.critic_tau is not None:
+            with torch.no_grad():
+                lerp_(self.critic_target, self.critic, a.critic_tau)
+        return torch.cat([critic_metrics, actor_metrics])
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised observations [n, obs_dim] -> actions [n, action_dim] in [-1, 1], for evaluation and online
+        acting: sample_action with the EMA policy (--no-eval-ema: the online one) and the target critics."""
+        a = self.args
+        policy = self.policy_target if a.eval_ema else self.policy
+        return sample_action(
+            policy, self.critic_target, obs, self.action_dim, a.eval_candidates, a.eval_temperature, a.eval_noise_scale
+        )
+
+    def state_dict(self) -> dict:
+        return {**{name: getattr(self, name).state_dict() for name in self.STATE}, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.STATE:
+            getattr(self, name).load_state_dict(state[name])
+        self.step = state["step"]
+
+
+# ======================================================================================================================
+# ALGO LOGIC: acting as CleanDiffuser's DQL evaluation: N one-step candidates, one drawn by softmax over min-Q
+# ======================================================================================================================
+@torch.no_grad()
+def sample_action(
+    policy: Callable,
+    critic: nn.Module,
+    obs: torch.Tensor,
+    action_dim: int,
+    num_candidates: int,
+    temperature: float,
+    noise_scale: float = 1.0,
+) -> torch.Tensor:
+    """CleanDiffuser's DQL acting: num_candidates one-step actions per state from noise scaled by noise_scale, scored
+    by the critic's min-Q; one is drawn from softmax(Q * temperature)."""
+    batch = obs.shape[0]
+    obs_c = obs.repeat_interleave(num_candidates, dim=0)
+    noise = noise_scale * torch.randn(batch * num_candidates, action_dim, device=obs.device)
+    actions = one_step_action(policy, obs_c, noise).clamp(-1, 1)
+    q = critic(obs_c, actions).min(0).values.view(batch, num_candidates)
+    idx = torch.multinomial(torch.softmax(q * temperature, dim=1), 1).squeeze(1)
+    return actions.view(batch, num_candidates, action_dim)[torch.arange(batch, device=obs.device), idx]
+
+
+# ======================================================================================================================
+# TRAINING LOOP: the offline phase, then (with --online-steps) online fine-tuning on the same buffer
+# ======================================================================================================================
+def main(args: Args, given: Optional[set[str]] = None) -> None:
+    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
+    check_args(args)
+    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
+    if ckpt is not None:
+        args = resume_args(args, ckpt["args"], given)
+    dataset_id = resolve_dataset_id(args.env_id)
+    args = resolve_args(args, dataset_id)
+    total_steps = args.offline_steps + args.online_steps
+    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
+        print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
+        return
+    if ckpt is None:
+        check_writable(args.output_dir, "--output-dir")
+    device = seed_everything(args)
+
+    scale, bias = default_reward_transform(dataset_family(dataset_id))
+    scale = scale if args.reward_scale is None else args.reward_scale
+    bias = bias if args.reward_bias is None else args.reward_bias
+    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, scale, bias, not args.eval_only)
+    if args.capture_video:
+        check_video(task.make_env)
+    # the evaluation workers fork before anything touches CUDA (forking a CUDA-initialised process is unsupported)
+    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
+    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
+        obs_stats = ckpt["obs_stats"]
+    else:
+        data = task.data
+        obs_mean = data["observations"].mean(0) if args.normalize_obs else np.zeros_like(data["observations"][0])
+        obs_std = data["observations"].std(0) if args.normalize_obs else np.ones_like(data["observations"][0])
+        obs_std[obs_std < 1e-6] = 1.0
+        obs_stats = {"mean": obs_mean, "std": obs_std}
+        for split in filter(None, (data, task.val_data)):
+            for k in ("observations", "next_observations"):
+                split[k] = (split[k] - obs_mean) / obs_std
+        buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
+        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
+    obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
+    obs_dim, action_dim = len(obs_mean), len(task.action_low)
+    agent = Agent(obs_dim, action_dim, args, device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+
+    def normalize(raw_obs: object) -> np.ndarray:
+        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
+
+    def policy(raw_obs: object) -> np.ndarray:  # env observations -> [n, action_dim] in [-1, 1]
+        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
+        return agent.act(obs_t).cpu().numpy()
+
+    def evaluation(step: int, run_dir: str) -> dict:
+        """One evaluation, printed: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
+        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+        video = video_file(run_dir, step) if args.capture_video else ""
+        act = lambda o: task.env_action(policy(o))  # noqa: E731
+        result = evaluate(act, eval_envs, args.eval_episodes, args.seed, device, video)
+        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
+        if task.normalized_score is not None:
+            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
+        print(summary(row, list(row)[1:]))
+        return row
+
+    if args.eval_only:
+        write_eval_summary(args.resume, evaluation(agent.step, os.path.dirname(os.path.abspath(args.resume))), args)
+        return eval_envs.close()
+    if ckpt is not None:
+        buffer.restore_online_part(ckpt["online_buffer"])
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        for f in ("train.jsonl", "eval.jsonl"):
+            truncate_jsonl(os.path.join(run_dir, f), agent.step)
+    else:
+        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
+    logger = Logger(run_dir, args)
+    print(
+        f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
+        f"obs {obs_dim}, action {action_dim}, device {device}; config in {os.path.join(run_dir, 'config.json')}"
+    )
+
+    def save() -> None:
+        state = dict(online_buffer=buffer.online_part(), obs_stats=obs_stats)
+        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args, device, **state)
+
+    env = task.make_env() if args.online_steps > 0 else None
+    # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
+    obs = env.reset(seed=args.seed + max(agent.step, args.offline_steps))[0] if env is not None else None
+    episode_return, episode_length = 0.0, 0
+    if ckpt is not None:  # restored last, so that the run continues exactly where the checkpoint left it
+        restore_rng(ckpt["rng"], device)
+    progress = Progress()
+    metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
+
+    while agent.step < total_steps and not progress.stop:
+        online = agent.step >= args.offline_steps
+        if online:  # one env step, then one update on the shared buffer (UTD 1)
+            action = policy(obs)[0]
+            next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
+            buffer.add(
+                observations=normalize(obs),
+                actions=action,
+                rewards=task.transform_reward(np.float32(reward)),
+                masks=np.float32(1.0 - terminated),
+                next_observations=normalize(next_obs),
+            )
+            episode_return, episode_length = episode_return + float(reward), episode_length + 1
+            obs = next_obs
+            if terminated or truncated:
+                episodes.append((episode_return, episode_length))
+                obs, episode_return, episode_length = env.reset()[0], 0.0, 0
+
+        metrics = agent.update(buffer.sample(args.batch_size))
+        metric_sum = metrics if metric_sum is None else metric_sum + metrics
+        metric_count += 1
+        step, phase = agent.step, "online" if online else "offline"
+        progress.step(f"[{phase} {step}/{total_steps}]")
+
+        if step % args.log_interval == 0 or step == total_steps:
+            means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+            if not all(math.isfinite(v) for v in means.values()):
+                raise FloatingPointError(
+                    f"non-finite loss at step {step}: {means}. Try a smaller --eta, "
+                    "--actor-lr or --critic-lr, set --grad-clip, and check the dataset for NaN/inf values."
+                )
+            row = {"step": step, "phase": phase, **means, "actor_lr": float(agent.policy_sched.get_last_lr()[0]),
+                   "critic_lr": float(agent.critic_sched.get_last_lr()[0]), "sps": progress.log()}  # fmt: skip
+            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
+                # under a forked RNG, so that validation leaves the training run's random stream as it is
+                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    batch = val_buffer.sample(args.batch_size)
+                    critic_val = critic_loss(agent.policy_target, agent.critic, agent.critic_target, batch, args)[1]
+                    val = torch.cat([critic_val, actor_loss(agent.policy, agent.critic, batch, args)[1]])
+                row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
+            if episodes:
+                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
+                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
+                row["online_env_steps"] = step - args.offline_steps
+            line = f"[{phase} {step}/{total_steps}] SPS {row['sps']:.2f} | "
+            line += summary(row, ("critic_loss", "fbc_loss", "q_loss", "q_data", "episodic_return"))
+            logger.log("train", row, line + (f" | last eval: {summary(last_eval, last_eval)}" if last_eval else ""))
+            metric_sum, metric_count, episodes = None, 0, []
+
+        if step % args.eval_interval == 0 or step == total_steps:
+            if args.eval_episodes > 0:
+                row = evaluation(step, run_dir)
+                logger.log("eval", row, video=video_file(run_dir, step) if args.capture_video else "")
+                last_eval = {k: v for k, v in row.items() if k != "step"}
+            if args.save_model:
+                save()
+                if args.save_every_eval:
+                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
+            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
+
+    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
+        save()
+    eval_envs.close()
+    if env is not None:
+        env.close()
+    logger.close()
+    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
+
+
+# ======================================================================================================================
+# PLUMBING (TRY NOT TO MODIFY): task aliases, data layer, replay buffer, arguments, checkpoints, logging, evaluation
+# ======================================================================================================================
+_ANTMAZE = {k: k for k in ("umaze", "umaze-diverse", "medium-play", "medium-diverse")}
+_ANTMAZE |= {"large": "large-play", "large-play": "large-play", "large-diverse": "large-diverse"}  # antmaze-large: play
+_ADROIT = ("pen", "door", "hammer", "relocate")
+ALIASES: dict[str, str] = {
+    **{f"antmaze-{k}": f"D4RL/antmaze/{v}-v1" for k, v in _ANTMAZE.items()},
+    **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
+    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in _ADROIT for k in ("human", "cloned", "expert")},
+    **{
+        f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2"
+        for m in ("open", "umaze", "medium", "large")
+        for d in ("", "-dense")
+    },
+    **{
+        f"{e}-{k}": f"mujoco/{e}/{k}-v0"
+        for e in ("halfcheetah", "hopper", "walker2d")
+        for k in ("simple", "medium", "expert")
+    },
+}
+"""short --env-id aliases -> Minari dataset ids; Minari's MuJoCo sets are new data, not D4RL's"""
+
+
 def resolve_dataset_id(env_id: str) -> str:
     """--env-id -> Minari id or OGBench singletask name; unknown ids list the aliases."""
     if env_id in ALIASES:
@@ -173,13 +666,6 @@ def resolve_dataset_id(env_id: str) -> str:
         f"unknown --env-id '{env_id}'. Use a short alias ({names}), a Minari dataset id such as "
         "'D4RL/antmaze/large-play-v1', or an OGBench singletask name such as 'cube-double-play-singletask-task2-v0'."
     )
-
-
-def default_reward_transform(family: str) -> tuple[float, float]:
-    """(scale, bias) of rewards (r + bias) * scale: DQL's AntMaze (r - 0.5) * 4 (utils/data_sampler.py); PointMaze r - 1
-    [reconstructed: with 0/1 rewards the actor's Q / mean|Q| amplifies the critic's noise early on; algos/README.md
-    "OFQL"]."""
-    return {"antmaze": (4.0, -0.5), "pointmaze": (1.0, -1.0)}.get(family, (1.0, 0.0))
 
 
 # --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_cli.py checks it) ---
@@ -512,326 +998,6 @@ class ReplayBuffer:
 # --- end of the shared replay buffer ---
 
 
-# ======================================================================================================================
-# ALGO LOGIC: networks, u_theta(a_t, r, t; s) and the twin critics (DQL's 3 x 256 Mish MLPs)
-# ======================================================================================================================
-class SinusoidalEmbedding(nn.Module):
-    """DQL's SinusoidalPosEmb of `scale * x`: [sin(x f_k), cos(x f_k)], f_k = 10000^(-k / (dim/2 - 1))."""
-
-    def __init__(self, dim: int, scale: float):
-        super().__init__()
-        half = dim // 2
-        self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half) / (half - 1)), persistent=False)
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.scale * x * self.freqs  # [B, 1] -> [B, dim/2]
-        return torch.cat([x.sin(), x.cos()], dim=-1)
-
-
-def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
-    """num_layers x (Linear, Mish), then a linear head; PyTorch's default init as in DQL."""
-    layers: list[nn.Module] = []
-    for _ in range(num_layers):
-        layers += [nn.Linear(in_dim, hidden_dim), nn.Mish()]
-        in_dim = hidden_dim
-    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
-
-
-class AverageVelocityNet(nn.Module):
-    """u_theta(a_t, r, t; s): DQL's MLP on concat(a_t, s, emb(t), emb(r)), each time through the sinusoidal embedding
-    and a Linear(E, 2E)-Mish-Linear(2E, E) branch (CleanDiffuser's DQLMlp); a [1, 1] time is broadcast."""
-
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        hidden_dim: int = 256,
-        num_layers: int = 3,
-        emb_dim: int = 64,
-        emb_scale: float = 1.0,
-        shared_time_mlp: bool = False,
-    ):
-        super().__init__()
-        self.embed = SinusoidalEmbedding(emb_dim, emb_scale)
-        self.t_mlp = mlp(emb_dim, 2 * emb_dim, 1, emb_dim)
-        self.r_mlp = self.t_mlp if shared_time_mlp else mlp(emb_dim, 2 * emb_dim, 1, emb_dim)
-        self.body = mlp(action_dim + obs_dim + 2 * emb_dim, hidden_dim, num_layers, action_dim)
-
-    def forward(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        batch = z.shape[0]
-        emb_t = self.t_mlp(self.embed(t)).expand(batch, -1)
-        emb_r = self.r_mlp(self.embed(r)).expand(batch, -1)
-        return self.body(torch.cat([z, obs, emb_t, emb_r], dim=-1))
-
-
-class TwinLinear(nn.Module):
-    """Two independent linear layers in one batched matmul, [2, B, in] -> [2, B, out]; nn.Linear's default init."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        bound = 1 / math.sqrt(in_features)
-        self.weight = nn.Parameter(torch.empty(2, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(2, 1, out_features).uniform_(-bound, bound))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class TwinCritic(nn.Module):
-    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1, evaluated together; returns [2, B]."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3):
-        super().__init__()
-        dims = [obs_dim + action_dim] + [hidden_dim] * num_layers + [1]
-        self.layers = nn.ModuleList(TwinLinear(i, o) for i, o in zip(dims[:-1], dims[1:]))
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, actions], dim=-1).expand(2, -1, -1)
-        for layer in self.layers[:-1]:
-            x = F.mish(layer(x))
-        return self.layers[-1](x).squeeze(-1)
-
-
-# ======================================================================================================================
-# ALGO LOGIC: the one-step action and the FBC (MeanFlow) loss with one JVP (Eq. 12-16)
-# ======================================================================================================================
-def one_step_action(policy: Callable, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """a = e - u(e, r=0, t=1; s) (Eq. 12/16): one network call, differentiable, not clipped."""
-    zero, one = noise.new_zeros(1, 1), noise.new_ones(1, 1)
-    return noise - policy(noise, zero, one, obs)
-
-
-def u_and_total_derivative(
-    policy: Callable, obs: torch.Tensor, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """u(z, r, t; s) and du/dt = v . d_z u + d_t u from one forward-mode JVP over (z, r, t) with tangents (v, 0, 1);
-    the state gets no tangent (Eq. 14, App. O)."""
-    return torch.func.jvp(
-        lambda z_, r_, t_: policy(z_, r_, t_, obs), (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t))
-    )
-
-
-def sample_times(
-    batch_size: int,
-    flow_ratio: float,
-    sampler: str = "logit-normal",
-    mu: float = -0.4,
-    sigma: float = 1.0,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, r), each [B, 1], 0 <= r <= t <= 1 (py-meanflow's time_sampler.py): two independent draws (sigmoid(N(mu,
-    sigma^2)) or U(0, 1)), t the larger and r the smaller, then r = t with probability flow_ratio (Table 3, App. M)."""
-    if sampler == "logit-normal":
-        draws = torch.sigmoid(mu + sigma * torch.randn(2, batch_size, 1, device=device))
-    else:
-        draws = torch.rand(2, batch_size, 1, device=device)
-    t, r = draws.max(0).values, draws.min(0).values
-    r = torch.where(torch.rand(batch_size, 1, device=device) < flow_ratio, t, r)
-    return t, r
-
-
-def fbc_loss(
-    policy: Callable,
-    obs: torch.Tensor,
-    actions: torch.Tensor,
-    noise: torch.Tensor,
-    t: torch.Tensor,
-    r: torch.Tensor,
-    adaptive_p: float = 0.0,
-) -> torch.Tensor:
-    """L_FBC = E ||u(a_t, r, t; s) - sg(u_tgt)||^2 with u_tgt = v - (t - r) du/dt (Eq. 13-15); mean over batch and
-    action dims (DQL's BC loss). r = t gives plain flow matching, u_tgt = v."""
-    z = (1 - t) * actions + t * noise  # a_t on the straight path from the data (t=0) to the noise (t=1)
-    v = noise - actions  # conditional velocity, not a model estimate
-    u, du_dt = u_and_total_derivative(policy, obs, z, r, t, v)
-    u_tgt = (v - (t - r) * du_dt).detach()
-    delta_sq = (u - u_tgt).pow(2).mean(dim=-1)
-    weight = (delta_sq.detach() + 0.01).pow(-adaptive_p)  # MeanFlow's adaptive weight (norm_eps 0.01); 1 at p = 0
-    return (weight * delta_sq).mean()
-
-
-# ======================================================================================================================
-# ALGO LOGIC: critic loss with the max-Q backup, actor loss (Eq. 6, 7, 17)
-# ======================================================================================================================
-METRICS = ("critic_loss", "q_data", "td_target", "fbc_loss", "q_loss", "actor_loss")
-
-
-def max_q_backup(q_next: torch.Tensor) -> torch.Tensor:
-    """[2, B, N] target-critic values of N next actions per next state -> [B]: the max over the samples for each
-    critic, then the min of the two maxima (DQL's max-Q backup). N = 1 is the plain clipped double-Q target."""
-    return q_next.max(dim=-1).values.min(dim=0).values
-
-
-@torch.no_grad()
-def td_target(
-    policy_target: Callable, critic_target: nn.Module, batch: dict[str, torch.Tensor], discount: float, num_samples: int
-) -> torch.Tensor:
-    """y = r + gamma * mask * backup(Q'(s', a')), with a' = clip(e - u_theta'(e, 0, 1; s')) from the EMA policy
-    (Eq. 6/17), num_samples a' per s'."""
-    next_obs = batch["next_observations"].repeat_interleave(num_samples, dim=0)  # rows grouped per state
-    noise = torch.randn(next_obs.shape[0], batch["actions"].shape[1], device=next_obs.device)
-    next_actions = one_step_action(policy_target, next_obs, noise).clamp(-1, 1)
-    q_next = critic_target(next_obs, next_actions).view(2, -1, num_samples)
-    return batch["rewards"].squeeze(-1) + discount * batch["masks"].squeeze(-1) * max_q_backup(q_next)
-
-
-def critic_loss(
-    policy_target: nn.Module, critic: nn.Module, critic_target: nn.Module, batch: dict[str, torch.Tensor], args: Args
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_i E (y - Q_i(s, a))^2 (Eq. 6/17, DQL's sum of the two MSEs) and its metrics."""
-    y = td_target(policy_target, critic_target, batch, args.discount, args.max_q_samples)
-    q = critic(batch["observations"], batch["actions"])
-    loss = (q - y).pow(2).mean(dim=1).sum()
-    return loss, torch.stack([loss, q.mean(), y.mean()]).detach()
-
-
-def actor_loss(
-    policy: nn.Module, critic: nn.Module, batch: dict[str, torch.Tensor], args: Args
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_FBC + eta * (-Q_1(s, a_pi).mean() / |Q_2(s, a)|.mean().detach()), the critics swapped at random (Eq. 7/17;
-    alpha = eta / E|Q(s, a)| over dataset actions a as in Sec. 3.2, or over a_pi as in DQL's code); the Q gradient
-    flows through the one-step action only (App. I)."""
-    obs, actions = batch["observations"], batch["actions"]
-    batch_size, device = actions.shape[0], actions.device
-    t, r = sample_times(batch_size, args.flow_ratio, args.time_sampler, args.time_mu, args.time_sigma, device)
-    noise = torch.randn(actions.shape, device=device)  # randn, not randn_like, which torch.compile's CSE merges
-    fbc = fbc_loss(policy, obs, actions, noise, t, r, args.adaptive_p)
-
-    a_pi = one_step_action(policy, obs, torch.randn(actions.shape, device=device))
-    if args.clip_in_actor_loss:
-        a_pi = a_pi.clamp(-1, 1)
-    frozen = {k: p.detach() for k, p in critic.named_parameters()}  # no critic gradients from the actor loss
-    q = torch.func.functional_call(critic, frozen, (obs, a_pi))
-    q_norm = q if args.q_normalizer == "policy" else torch.func.functional_call(critic, frozen, (obs, actions))
-    swap = torch.rand((), device=device) < 0.5
-    q1, q2 = torch.where(swap, q[1], q[0]), torch.where(swap, q_norm[0], q_norm[1])
-    q_loss = -q1.mean() / q2.abs().mean().detach()
-    loss = fbc + args.eta * q_loss
-    return loss, torch.stack([fbc, q_loss, loss]).detach()
-
-
-# ======================================================================================================================
-# ALGO LOGIC: one update is one iteration of Algorithm 1 (App. B); Agent.act for evaluation and online acting
-# ======================================================================================================================
-def lerp_(target: nn.Module, source: nn.Module, weight: float) -> None:
-    """target <- target + weight * (source - target), parameter-wise."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), weight)
-
-
-class Agent:
-    """Policy, twin critics, their EMA targets, optimisers and LR schedules; `update` is one iteration of Alg. 1."""
-
-    STATE = ("policy", "policy_target", "critic", "critic_target", "policy_opt", "critic_opt", "policy_sched",
-             "critic_sched")  # fmt: skip
-    """what a checkpoint holds, besides the step counter"""
-
-    def __init__(self, obs_dim: int, action_dim: int, args: Args, device: torch.device):
-        a = self.args = args
-        self.action_dim = action_dim
-        self.policy = AverageVelocityNet(
-            obs_dim, action_dim, a.hidden_dim, a.num_layers, a.time_emb_dim, a.time_emb_scale, a.shared_time_mlp
-        ).to(device)
-        self.critic = TwinCritic(obs_dim, action_dim, a.hidden_dim, a.num_layers).to(device)
-        self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.policy_opt = adam(self.policy.parameters(), a.actor_lr, a, device)
-        self.critic_opt = adam(self.critic.parameters(), a.critic_lr, a, device)
-        self.policy_sched = torch.optim.lr_scheduler.LambdaLR(self.policy_opt, self.lr_factor)
-        self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, self.lr_factor)
-        self.step = 0
-        self.train_step = compile_update(self.gradient_step, a, device)
-
-    def lr_factor(self, step: int) -> float:
-        """Cosine annealing to 0 over the whole run (DQL --lr_decay, CleanDiffuser's CosineAnnealingLR)."""
-        a = self.args
-        if a.lr_schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / (a.offline_steps + a.online_steps))))
-
-    def update(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Alg. 1 l. 1-5: the gradient step, then every K steps the EMA (theta' <- rho theta' + (1 - rho) theta, from
-        step ema_start; phi' likewise with --critic-tau None). Returns the METRICS tensor (no host sync)."""
-        a = self.args
-        self.step += 1
-        metrics = self.train_step(batch)
-        self.policy_sched.step()
-        self.critic_sched.step()
-        if self.step % a.ema_every == 0:
-            with torch.no_grad():
-                if a.critic_tau is None:
-                    lerp_(self.critic_target, self.critic, 1 - a.ema_rho)
-                if self.step >= a.ema_start:
-                    lerp_(self.policy_target, self.policy, 1 - a.ema_rho)
-        return metrics
-
-    def gradient_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The critic step on the EMA policy's target, the actor step against the updated critic, then DQL's per-step
-        Polyak update phi' <- (1 - tau) phi' + tau phi (what --compile compiles)."""
-        a = self.args
-        loss, critic_metrics = critic_loss(self.policy_target, self.critic, self.critic_target, batch, a)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if a.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.critic.parameters(), a.grad_clip, foreach=True)
-        self.critic_opt.step()
-
-        loss, actor_metrics = actor_loss(self.policy, self.critic, batch, a)
-        self.policy_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if a.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.policy.parameters(), a.grad_clip, foreach=True)
-        self.policy_opt.step()
-        if a.critic_tau is not None:
-            with torch.no_grad():
-                lerp_(self.critic_target, self.critic, a.critic_tau)
-        return torch.cat([critic_metrics, actor_metrics])
-
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Normalised observations [n, obs_dim] -> actions [n, action_dim] in [-1, 1], for evaluation and online
-        acting: sample_action with the EMA policy (--no-eval-ema: the online one) and the target critics."""
-        a = self.args
-        policy = self.policy_target if a.eval_ema else self.policy
-        return sample_action(
-            policy, self.critic_target, obs, self.action_dim, a.eval_candidates, a.eval_temperature, a.eval_noise_scale
-        )
-
-    def state_dict(self) -> dict:
-        return {**{name: getattr(self, name).state_dict() for name in self.STATE}, "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name in self.STATE:
-            getattr(self, name).load_state_dict(state[name])
-        self.step = state["step"]
-
-
-# ======================================================================================================================
-# ALGO LOGIC: acting as CleanDiffuser's DQL evaluation: N one-step candidates, one drawn by softmax over min-Q
-# ======================================================================================================================
-@torch.no_grad()
-def sample_action(
-    policy: Callable,
-    critic: nn.Module,
-    obs: torch.Tensor,
-    action_dim: int,
-    num_candidates: int,
-    temperature: float,
-    noise_scale: float = 1.0,
-) -> torch.Tensor:
-    """CleanDiffuser's DQL acting: num_candidates one-step actions per state from noise scaled by noise_scale, scored
-    by the critic's min-Q; one is drawn from softmax(Q * temperature)."""
-    batch = obs.shape[0]
-    obs_c = obs.repeat_interleave(num_candidates, dim=0)
-    noise = noise_scale * torch.randn(batch * num_candidates, action_dim, device=obs.device)
-    actions = one_step_action(policy, obs_c, noise).clamp(-1, 1)
-    q = critic(obs_c, actions).min(0).values.view(batch, num_candidates)
-    idx = torch.multinomial(torch.softmax(q * temperature, dim=1), 1).squeeze(1)
-    return actions.view(batch, num_candidates, action_dim)[torch.arange(batch, device=obs.device), idx]
-
-
-# ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): argument checks, resume, run directory, checkpoints, logging, evaluation
-# ======================================================================================================================
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
@@ -1212,171 +1378,6 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 
 
 # --- end of the shared run plumbing ---
-
-
-# ======================================================================================================================
-# main: the offline phase, then (with --online-steps) online fine-tuning on the same buffer
-# ======================================================================================================================
-def main(args: Args, given: Optional[set[str]] = None) -> None:
-    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
-    check_args(args)
-    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
-    if ckpt is not None:
-        args = resume_args(args, ckpt["args"], given)
-    dataset_id = resolve_dataset_id(args.env_id)
-    args = resolve_args(args, dataset_id)
-    total_steps = args.offline_steps + args.online_steps
-    if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
-        print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
-        return
-    if ckpt is None:
-        check_writable(args.output_dir, "--output-dir")
-    device = seed_everything(args)
-
-    scale, bias = default_reward_transform(dataset_family(dataset_id))
-    scale = scale if args.reward_scale is None else args.reward_scale
-    bias = bias if args.reward_bias is None else args.reward_bias
-    task = load_dataset(dataset_id, args.dataset_dir, args.antmaze_goal, scale, bias, not args.eval_only)
-    if args.capture_video:
-        check_video(task.make_env)
-    # the evaluation workers fork before anything touches CUDA (forking a CUDA-initialised process is unsupported)
-    eval_envs = make_eval_envs(task.make_env, args.eval_episodes, args.eval_workers, args.capture_video)
-    if args.eval_only:  # acting needs the env and the checkpoint's observation statistics, not the dataset
-        obs_stats = ckpt["obs_stats"]
-    else:
-        data = task.data
-        obs_mean = data["observations"].mean(0) if args.normalize_obs else np.zeros_like(data["observations"][0])
-        obs_std = data["observations"].std(0) if args.normalize_obs else np.ones_like(data["observations"][0])
-        obs_std[obs_std < 1e-6] = 1.0
-        obs_stats = {"mean": obs_mean, "std": obs_std}
-        for split in filter(None, (data, task.val_data)):
-            for k in ("observations", "next_observations"):
-                split[k] = (split[k] - obs_mean) / obs_std
-        buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
-        val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
-    obs_mean, obs_std = obs_stats["mean"], obs_stats["std"]
-    obs_dim, action_dim = len(obs_mean), len(task.action_low)
-    agent = Agent(obs_dim, action_dim, args, device)
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-
-    def normalize(raw_obs: object) -> np.ndarray:
-        return (task.flatten_obs(raw_obs) - obs_mean) / obs_std
-
-    def policy(raw_obs: object) -> np.ndarray:  # env observations -> [n, action_dim] in [-1, 1]
-        obs_t = torch.as_tensor(normalize(raw_obs), dtype=torch.float32, device=device).reshape(-1, obs_dim)
-        return agent.act(obs_t).cpu().numpy()
-
-    def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation, printed: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
-        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-        video = video_file(run_dir, step) if args.capture_video else ""
-        act = lambda o: task.env_action(policy(o))  # noqa: E731
-        result = evaluate(act, eval_envs, args.eval_episodes, args.seed, device, video)
-        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-        if task.normalized_score is not None:
-            row["normalized_score"] = float(np.mean(task.normalized_score(result["episodic_return"])))
-        print(summary(row, list(row)[1:]))
-        return row
-
-    if args.eval_only:
-        write_eval_summary(args.resume, evaluation(agent.step, os.path.dirname(os.path.abspath(args.resume))), args)
-        return eval_envs.close()
-    if ckpt is not None:
-        buffer.restore_online_part(ckpt["online_buffer"])
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        for f in ("train.jsonl", "eval.jsonl"):
-            truncate_jsonl(os.path.join(run_dir, f), agent.step)
-    else:
-        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
-    logger = Logger(run_dir, args)
-    print(
-        f"env-id {args.env_id} -> dataset {dataset_id} ({task.family}): {buffer.offline_size} transitions, "
-        f"obs {obs_dim}, action {action_dim}, device {device}; config in {os.path.join(run_dir, 'config.json')}"
-    )
-
-    def save() -> None:
-        state = dict(online_buffer=buffer.online_part(), obs_stats=obs_stats)
-        save_checkpoint(os.path.join(run_dir, "model.pt"), agent.step, agent, args, device, **state)
-
-    env = task.make_env() if args.online_steps > 0 else None
-    # seeded by the step the online phase (re)starts at: a resumed run replays no episode seed
-    obs = env.reset(seed=args.seed + max(agent.step, args.offline_steps))[0] if env is not None else None
-    episode_return, episode_length = 0.0, 0
-    if ckpt is not None:  # restored last, so that the run continues exactly where the checkpoint left it
-        restore_rng(ckpt["rng"], device)
-    progress = Progress()
-    metric_sum, metric_count, last_eval, episodes = None, 0, {}, []
-
-    while agent.step < total_steps and not progress.stop:
-        online = agent.step >= args.offline_steps
-        if online:  # one env step, then one update on the shared buffer (UTD 1)
-            action = policy(obs)[0]
-            next_obs, reward, terminated, truncated, _ = env.step(task.env_action(action))
-            buffer.add(
-                observations=normalize(obs),
-                actions=action,
-                rewards=task.transform_reward(np.float32(reward)),
-                masks=np.float32(1.0 - terminated),
-                next_observations=normalize(next_obs),
-            )
-            episode_return, episode_length = episode_return + float(reward), episode_length + 1
-            obs = next_obs
-            if terminated or truncated:
-                episodes.append((episode_return, episode_length))
-                obs, episode_return, episode_length = env.reset()[0], 0.0, 0
-
-        metrics = agent.update(buffer.sample(args.batch_size))
-        metric_sum = metrics if metric_sum is None else metric_sum + metrics
-        metric_count += 1
-        step, phase = agent.step, "online" if online else "offline"
-        progress.step(f"[{phase} {step}/{total_steps}]")
-
-        if step % args.log_interval == 0 or step == total_steps:
-            means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
-            if not all(math.isfinite(v) for v in means.values()):
-                raise FloatingPointError(
-                    f"non-finite loss at step {step}: {means}. Try a smaller --eta, "
-                    "--actor-lr or --critic-lr, set --grad-clip, and check the dataset for NaN/inf values."
-                )
-            row = {"step": step, "phase": phase, **means, "actor_lr": float(agent.policy_sched.get_last_lr()[0]),
-                   "critic_lr": float(agent.critic_sched.get_last_lr()[0]), "sps": progress.log()}  # fmt: skip
-            if val_buffer is not None:  # the same losses on OGBench's validation split, as FQL logs them;
-                # under a forked RNG, so that validation leaves the training run's random stream as it is
-                with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    batch = val_buffer.sample(args.batch_size)
-                    critic_val = critic_loss(agent.policy_target, agent.critic, agent.critic_target, batch, args)[1]
-                    val = torch.cat([critic_val, actor_loss(agent.policy, agent.critic, batch, args)[1]])
-                row.update({f"val/{k}": v for k, v in zip(METRICS, val.tolist())})
-            if episodes:
-                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
-                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
-                row["online_env_steps"] = step - args.offline_steps
-            line = f"[{phase} {step}/{total_steps}] SPS {row['sps']:.2f} | "
-            line += summary(row, ("critic_loss", "fbc_loss", "q_loss", "q_data", "episodic_return"))
-            logger.log("train", row, line + (f" | last eval: {summary(last_eval, last_eval)}" if last_eval else ""))
-            metric_sum, metric_count, episodes = None, 0, []
-
-        if step % args.eval_interval == 0 or step == total_steps:
-            if args.eval_episodes > 0:
-                row = evaluation(step, run_dir)
-                logger.log("eval", row, video=video_file(run_dir, step) if args.capture_video else "")
-                last_eval = {k: v for k, v in row.items() if k != "step"}
-            if args.save_model:
-                save()
-                if args.save_every_eval:
-                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{step}.pt"))
-            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
-
-    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save()
-    eval_envs.close()
-    if env is not None:
-        env.close()
-    logger.close()
-    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 
 if __name__ == "__main__":

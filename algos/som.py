@@ -108,85 +108,6 @@ class Args:
 
 
 # ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): environment and replay buffer
-# ======================================================================================================================
-class ConfigError(Exception):
-    """An expected, user-fixable problem (unknown --env-id, unusable --save-dataset id); printed without a traceback."""
-
-
-def make_env(env_id: str, **kwargs) -> gym.Env:
-    """gym.make (kwargs: e.g. render_mode), checked for Box observations and a bounded Box action space."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is out of date.*")  # -v4 is the paper's suite
-        try:
-            env = gym.make(env_id, **kwargs)
-        except gym.error.Error as e:
-            raise ConfigError(
-                f"cannot make --env-id '{env_id}' ({type(e).__name__}: {e}). Use a Gymnasium id with continuous "
-                "observations and actions, e.g. HalfCheetah-v4, Hopper-v4, Walker2d-v4, Ant-v4, Humanoid-v4 (the "
-                "paper's suite) or InvertedPendulum-v5."
-            ) from None
-    obs_space, act_space = env.observation_space, env.action_space
-    boxes = isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
-    if not (boxes and np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
-        env.close()
-        raise ConfigError(
-            f"--env-id '{env_id}' has {obs_space} / {act_space}; SOM needs Box obs and bounded Box actions"
-        )
-    return env
-
-
-def to_env_action(action: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
-    """Policy actions live in [-1, 1]; rescale them to the env's bounds (InvertedPendulum: [-3, 3])."""
-    return (space.low + (action + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
-
-
-def env_state(env: gym.Env) -> Optional[dict]:
-    """What a MuJoCo env needs to continue the episode bit-exactly after --resume (integration state, TimeLimit
-    counter, reset RNG); None for other envs."""
-    sim = env.unwrapped
-    if not (isinstance(sim, MujocoEnv) and isinstance(env, gym.wrappers.TimeLimit)):
-        return None
-    physics = np.empty(mujoco.mj_stateSize(sim.model, mujoco.mjtState.mjSTATE_INTEGRATION))
-    mujoco.mj_getState(sim.model, sim.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
-    return {"physics": physics, "elapsed_steps": env._elapsed_steps, "np_random": sim.np_random.bit_generator.state}
-
-
-def restore_env_state(env: gym.Env, state: dict) -> None:
-    sim = env.unwrapped
-    mujoco.mj_setState(sim.model, sim.data, state["physics"], mujoco.mjtState.mjSTATE_INTEGRATION)
-    env._elapsed_steps = state["elapsed_steps"]
-    sim.np_random.bit_generator.state = state["np_random"]
-
-
-class ReplayBuffer:
-    """Every transition of the run, preallocated on the training device (capacity = total_timesteps)."""
-
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device):
-        # dones (terminated or truncated) are not used by the update; they split episodes for --save-dataset
-        dims = dict(observations=obs_dim, actions=action_dim, rewards=1, masks=1, dones=1, next_observations=obs_dim)
-        self.data = {k: torch.zeros((capacity, d), dtype=torch.float32, device=device) for k, d in dims.items()}
-        self.size = 0
-
-    def add(self, **transition: np.ndarray) -> None:
-        for k, v in transition.items():
-            self.data[k][self.size] = torch.as_tensor(v, dtype=torch.float32)
-        self.size += 1
-
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
-        return {k: v[idx] for k, v in self.data.items()}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v[: self.size].cpu() for k, v in self.data.items()}
-
-    def load_state_dict(self, part: dict[str, torch.Tensor]) -> None:
-        self.size = len(part["rewards"])
-        for k, v in part.items():
-            self.data[k][: self.size] = v.to(self.data[k].device)
-
-
-# ======================================================================================================================
 # ALGO LOGIC: networks, the one-step action and Best-of-N
 # ======================================================================================================================
 class TimeEmbedding(nn.Module):
@@ -548,8 +469,230 @@ class Agent:
 
 
 # ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): --save-dataset, the replay buffer as a Minari dataset
+# TRAINING LOOP: online interaction, one update per env step after learning_starts, evaluations, checkpoints
 # ======================================================================================================================
+def main(args: Args, given: Optional[set[str]] = None) -> None:
+    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
+    check_args(args)
+    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
+    if ckpt is not None:
+        args = resume_args(args, ckpt["args"], given)
+        if ckpt["step"] >= args.total_timesteps and not args.eval_only:
+            print(f"{args.resume}: the run finished at step {ckpt['step']} of {args.total_timesteps}; nothing to do")
+            return
+    else:
+        check_writable(args.output_dir, "--output-dir")
+    if args.save_dataset:
+        check_dataset_id(args.save_dataset)
+    device = seed_everything(args)
+
+    def make(**kwargs) -> gym.Env:  # the env of --env-id (kwargs: render_mode)
+        return make_env(args.env_id, **kwargs)
+
+    env = make()
+    if args.capture_video:
+        check_video(make)
+    eval_envs = make_eval_envs(make, args.eval_episodes, args.eval_workers, args.capture_video)
+    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+    agent = Agent(obs_dim, action_dim, args, device)
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+
+    def obs_tensor(raw_obs: np.ndarray) -> torch.Tensor:  # one observation or a batch -> [n, obs_dim]
+        return torch.as_tensor(raw_obs, dtype=torch.float32, device=device).reshape(-1, obs_dim)
+
+    def eval_policy(raw_obs: np.ndarray) -> np.ndarray:  # [n, action_dim] in the env's units
+        return to_env_action(agent.act(obs_tensor(raw_obs), explore=False).cpu().numpy(), env.action_space)
+
+    def evaluation(step: int, run_dir: str) -> dict:
+        """One evaluation, printed: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
+        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
+        video = video_file(run_dir, step) if args.capture_video else ""
+        result = evaluate(eval_policy, eval_envs, args.eval_episodes, args.seed, device, video)
+        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
+        print(summary(row, result))
+        return row
+
+    if args.eval_only:
+        write_eval_summary(args.resume, evaluation(ckpt["step"], os.path.dirname(os.path.abspath(args.resume))), args)
+        env.close()
+        return eval_envs.close()
+    buffer = ReplayBuffer(args.total_timesteps, obs_dim, action_dim, device)
+    if ckpt is not None:
+        buffer.load_state_dict(ckpt["buffer"])
+        restore_rng(ckpt["rng"], device)
+        loop = ckpt["loop"]
+        env.reset(seed=args.seed)
+        if ckpt["env"] is not None:  # MuJoCo: continue the interrupted episode exactly
+            restore_env_state(env, ckpt["env"])
+        else:  # other envs cannot be restored: start a new episode (not bit-exact)
+            loop.update(obs=env.reset(seed=args.seed + loop["global_step"])[0], episode_return=0.0, episode_length=0)
+        run_dir = os.path.dirname(os.path.abspath(args.resume))
+        for f in ("train.jsonl", "eval.jsonl"):
+            truncate_jsonl(os.path.join(run_dir, f), loop["global_step"])
+    else:
+        loop = {"global_step": 0, "obs": env.reset(seed=args.seed)[0], "episode_return": 0.0, "episode_length": 0}
+        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({**asdict(args), "device": str(device), "obs_dim": obs_dim, "action_dim": action_dim}, f, indent=2)
+    logger = Logger(run_dir, args)
+    print(
+        f"env {args.env_id}: obs {obs_dim}, action {action_dim} in [{env.action_space.low.min()}, "
+        f"{env.action_space.high.max()}], device {device}, run dir {run_dir} (arguments in config.json)"
+    )
+
+    obs, global_step = loop["obs"], loop["global_step"]
+    episode_return, episode_length = loop["episode_return"], loop["episode_length"]
+    progress = Progress()
+    metric_sum, metric_count, last_eval, episodes = None, 0, "", []
+
+    def save() -> None:  # model.pt, with where the loop is
+        where = dict(global_step=global_step, obs=obs, episode_return=episode_return, episode_length=episode_length)
+        state = dict(buffer=buffer.state_dict(), env=env_state(env), loop=where)
+        save_checkpoint(os.path.join(run_dir, "model.pt"), global_step, agent, args, device, **state)
+
+    while global_step < args.total_timesteps and not progress.stop:
+        if global_step < args.learning_starts:  # uniform warm-up [reconstructed: DPMD]
+            action = torch.rand(action_dim) * 2 - 1
+        else:
+            action = agent.act(obs_tensor(obs), explore=True)[0]
+        action = action.cpu().numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(to_env_action(action, env.action_space))
+        # masks = 1 - terminated: timeouts bootstrap
+        buffer.add(observations=obs, actions=action, rewards=np.float32(reward), masks=np.float32(1.0 - terminated),
+                   dones=np.float32(terminated or truncated), next_observations=next_obs)  # fmt: skip
+        global_step += 1
+        obs, episode_return, episode_length = next_obs, episode_return + float(reward), episode_length + 1
+        if terminated or truncated:  # one env with an explicit reset (gymnasium 1.x vector envs autoreset a step late)
+            episodes.append((episode_return, episode_length))
+            obs, episode_return, episode_length = env.reset()[0], 0.0, 0
+
+        if global_step >= args.learning_starts:
+            metrics = agent.update(buffer.sample(args.batch_size))
+            metric_sum = metrics if metric_sum is None else metric_sum + metrics
+            metric_count += 1
+            progress.step(f"[{global_step}/{args.total_timesteps}]")
+
+        if global_step % args.log_interval == 0 or global_step == args.total_timesteps:
+            row = {"step": global_step, "updates": agent.step, "sps": progress.log()}
+            if metric_count:
+                means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
+                if not all(math.isfinite(v) for v in means.values()):
+                    raise FloatingPointError(
+                        f"non-finite loss at step {global_step}: {means}. Try a smaller "
+                        "--critic-lr or --actor-lr, or --reward-scale."
+                    )
+                row.update(means, actor_lr=float(agent.actor_sched.get_last_lr()[0]), inv_temp=float(agent.inv_temp()))
+            if episodes:
+                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
+                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
+            line = f"[{global_step}/{args.total_timesteps}] "
+            line += summary(row, ("sps", "critic_loss", "meanflow_mse", "q_mean", "alpha_e", "episodic_return"))
+            logger.log("train", row, line + (f" | last eval: {last_eval}" if last_eval else ""))
+            metric_sum, metric_count, episodes = None, 0, []
+
+        if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
+            if args.eval_episodes > 0:
+                row = evaluation(global_step, run_dir)
+                logger.log("eval", row, video=video_file(run_dir, global_step) if args.capture_video else "")
+                last_eval = summary(row, [k for k in row if k != "step"])
+            if args.save_model:
+                save()
+                if args.save_every_eval:
+                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{global_step}.pt"))
+            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
+
+    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
+        save()
+    if args.save_dataset and not progress.stop:
+        save_minari_dataset(args.save_dataset, {k: v.numpy() for k, v in buffer.state_dict().items()}, env, args)
+        print(f"wrote the replay buffer ({buffer.size} transitions) as Minari dataset {args.save_dataset}")
+    env.close()
+    eval_envs.close()
+    logger.close()
+    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
+
+
+# ======================================================================================================================
+# PLUMBING (TRY NOT TO MODIFY): environment, replay buffer, --save-dataset, arguments, checkpoints, logging, evaluation
+# ======================================================================================================================
+class ConfigError(Exception):
+    """An expected, user-fixable problem (unknown --env-id, unusable --save-dataset id); printed without a traceback."""
+
+
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """gym.make (kwargs: e.g. render_mode), checked for Box observations and a bounded Box action space."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is out of date.*")  # -v4 is the paper's suite
+        try:
+            env = gym.make(env_id, **kwargs)
+        except gym.error.Error as e:
+            raise ConfigError(
+                f"cannot make --env-id '{env_id}' ({type(e).__name__}: {e}). Use a Gymnasium id with continuous "
+                "observations and actions, e.g. HalfCheetah-v4, Hopper-v4, Walker2d-v4, Ant-v4, Humanoid-v4 (the "
+                "paper's suite) or InvertedPendulum-v5."
+            ) from None
+    obs_space, act_space = env.observation_space, env.action_space
+    boxes = isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
+    if not (boxes and np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+        env.close()
+        raise ConfigError(
+            f"--env-id '{env_id}' has {obs_space} / {act_space}; SOM needs Box obs and bounded Box actions"
+        )
+    return env
+
+
+def to_env_action(action: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+    """Policy actions live in [-1, 1]; rescale them to the env's bounds (InvertedPendulum: [-3, 3])."""
+    return (space.low + (action + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
+
+
+def env_state(env: gym.Env) -> Optional[dict]:
+    """What a MuJoCo env needs to continue the episode bit-exactly after --resume (integration state, TimeLimit
+    counter, reset RNG); None for other envs."""
+    sim = env.unwrapped
+    if not (isinstance(sim, MujocoEnv) and isinstance(env, gym.wrappers.TimeLimit)):
+        return None
+    physics = np.empty(mujoco.mj_stateSize(sim.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+    mujoco.mj_getState(sim.model, sim.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+    return {"physics": physics, "elapsed_steps": env._elapsed_steps, "np_random": sim.np_random.bit_generator.state}
+
+
+def restore_env_state(env: gym.Env, state: dict) -> None:
+    sim = env.unwrapped
+    mujoco.mj_setState(sim.model, sim.data, state["physics"], mujoco.mjtState.mjSTATE_INTEGRATION)
+    env._elapsed_steps = state["elapsed_steps"]
+    sim.np_random.bit_generator.state = state["np_random"]
+
+
+class ReplayBuffer:
+    """Every transition of the run, preallocated on the training device (capacity = total_timesteps)."""
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device):
+        # dones (terminated or truncated) are not used by the update; they split episodes for --save-dataset
+        dims = dict(observations=obs_dim, actions=action_dim, rewards=1, masks=1, dones=1, next_observations=obs_dim)
+        self.data = {k: torch.zeros((capacity, d), dtype=torch.float32, device=device) for k, d in dims.items()}
+        self.size = 0
+
+    def add(self, **transition: np.ndarray) -> None:
+        for k, v in transition.items():
+            self.data[k][self.size] = torch.as_tensor(v, dtype=torch.float32)
+        self.size += 1
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.data["rewards"].device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v[: self.size].cpu() for k, v in self.data.items()}
+
+    def load_state_dict(self, part: dict[str, torch.Tensor]) -> None:
+        self.size = len(part["rewards"])
+        for k, v in part.items():
+            self.data[k][: self.size] = v.to(self.data[k].device)
+
+
+# --- --save-dataset, the replay buffer as a Minari dataset ---
 def check_dataset_id(dataset_id: str) -> None:
     """Fail before training, not after it, when --save-dataset cannot be written."""
     from minari.dataset.minari_dataset import parse_dataset_id
@@ -605,9 +748,6 @@ def save_minari_dataset(dataset_id: str, data: dict[str, np.ndarray], env: gym.E
         )  # fmt: skip
 
 
-# ======================================================================================================================
-# PLUMBING (TRY NOT TO MODIFY): argument checks, run directories, checkpoints, logging, evaluation
-# ======================================================================================================================
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
 class UsageError(Exception):
     """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
@@ -988,151 +1128,6 @@ def compile_update(train_step: Callable[..., torch.Tensor], args: object, device
 
 
 # --- end of the shared run plumbing ---
-
-
-# ======================================================================================================================
-# main: online training loop
-# ======================================================================================================================
-def main(args: Args, given: Optional[set[str]] = None) -> None:
-    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
-    check_args(args)
-    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
-    if ckpt is not None:
-        args = resume_args(args, ckpt["args"], given)
-        if ckpt["step"] >= args.total_timesteps and not args.eval_only:
-            print(f"{args.resume}: the run finished at step {ckpt['step']} of {args.total_timesteps}; nothing to do")
-            return
-    else:
-        check_writable(args.output_dir, "--output-dir")
-    if args.save_dataset:
-        check_dataset_id(args.save_dataset)
-    device = seed_everything(args)
-
-    def make(**kwargs) -> gym.Env:  # the env of --env-id (kwargs: render_mode)
-        return make_env(args.env_id, **kwargs)
-
-    env = make()
-    if args.capture_video:
-        check_video(make)
-    eval_envs = make_eval_envs(make, args.eval_episodes, args.eval_workers, args.capture_video)
-    obs_dim, action_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-    agent = Agent(obs_dim, action_dim, args, device)
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-
-    def obs_tensor(raw_obs: np.ndarray) -> torch.Tensor:  # one observation or a batch -> [n, obs_dim]
-        return torch.as_tensor(raw_obs, dtype=torch.float32, device=device).reshape(-1, obs_dim)
-
-    def eval_policy(raw_obs: np.ndarray) -> np.ndarray:  # [n, action_dim] in the env's units
-        return to_env_action(agent.act(obs_tensor(raw_obs), explore=False).cpu().numpy(), env.action_space)
-
-    def evaluation(step: int, run_dir: str) -> dict:
-        """One evaluation, printed: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
-        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
-        video = video_file(run_dir, step) if args.capture_video else ""
-        result = evaluate(eval_policy, eval_envs, args.eval_episodes, args.seed, device, video)
-        row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-        print(summary(row, result))
-        return row
-
-    if args.eval_only:
-        write_eval_summary(args.resume, evaluation(ckpt["step"], os.path.dirname(os.path.abspath(args.resume))), args)
-        env.close()
-        return eval_envs.close()
-    buffer = ReplayBuffer(args.total_timesteps, obs_dim, action_dim, device)
-    if ckpt is not None:
-        buffer.load_state_dict(ckpt["buffer"])
-        restore_rng(ckpt["rng"], device)
-        loop = ckpt["loop"]
-        env.reset(seed=args.seed)
-        if ckpt["env"] is not None:  # MuJoCo: continue the interrupted episode exactly
-            restore_env_state(env, ckpt["env"])
-        else:  # other envs cannot be restored: start a new episode (not bit-exact)
-            loop.update(obs=env.reset(seed=args.seed + loop["global_step"])[0], episode_return=0.0, episode_length=0)
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        for f in ("train.jsonl", "eval.jsonl"):
-            truncate_jsonl(os.path.join(run_dir, f), loop["global_step"])
-    else:
-        loop = {"global_step": 0, "obs": env.reset(seed=args.seed)[0], "episode_return": 0.0, "episode_length": 0}
-        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({**asdict(args), "device": str(device), "obs_dim": obs_dim, "action_dim": action_dim}, f, indent=2)
-    logger = Logger(run_dir, args)
-    print(
-        f"env {args.env_id}: obs {obs_dim}, action {action_dim} in [{env.action_space.low.min()}, "
-        f"{env.action_space.high.max()}], device {device}, run dir {run_dir} (arguments in config.json)"
-    )
-
-    obs, global_step = loop["obs"], loop["global_step"]
-    episode_return, episode_length = loop["episode_return"], loop["episode_length"]
-    progress = Progress()
-    metric_sum, metric_count, last_eval, episodes = None, 0, "", []
-
-    def save() -> None:  # model.pt, with where the loop is
-        where = dict(global_step=global_step, obs=obs, episode_return=episode_return, episode_length=episode_length)
-        state = dict(buffer=buffer.state_dict(), env=env_state(env), loop=where)
-        save_checkpoint(os.path.join(run_dir, "model.pt"), global_step, agent, args, device, **state)
-
-    while global_step < args.total_timesteps and not progress.stop:
-        if global_step < args.learning_starts:  # uniform warm-up [reconstructed: DPMD]
-            action = torch.rand(action_dim) * 2 - 1
-        else:
-            action = agent.act(obs_tensor(obs), explore=True)[0]
-        action = action.cpu().numpy()
-        next_obs, reward, terminated, truncated, _ = env.step(to_env_action(action, env.action_space))
-        # masks = 1 - terminated: timeouts bootstrap
-        buffer.add(observations=obs, actions=action, rewards=np.float32(reward), masks=np.float32(1.0 - terminated),
-                   dones=np.float32(terminated or truncated), next_observations=next_obs)  # fmt: skip
-        global_step += 1
-        obs, episode_return, episode_length = next_obs, episode_return + float(reward), episode_length + 1
-        if terminated or truncated:  # one env with an explicit reset (gymnasium 1.x vector envs autoreset a step late)
-            episodes.append((episode_return, episode_length))
-            obs, episode_return, episode_length = env.reset()[0], 0.0, 0
-
-        if global_step >= args.learning_starts:
-            metrics = agent.update(buffer.sample(args.batch_size))
-            metric_sum = metrics if metric_sum is None else metric_sum + metrics
-            metric_count += 1
-            progress.step(f"[{global_step}/{args.total_timesteps}]")
-
-        if global_step % args.log_interval == 0 or global_step == args.total_timesteps:
-            row = {"step": global_step, "updates": agent.step, "sps": progress.log()}
-            if metric_count:
-                means = dict(zip(METRICS, (metric_sum / metric_count).tolist()))  # the only host sync of the interval
-                if not all(math.isfinite(v) for v in means.values()):
-                    raise FloatingPointError(
-                        f"non-finite loss at step {global_step}: {means}. Try a smaller "
-                        "--critic-lr or --actor-lr, or --reward-scale."
-                    )
-                row.update(means, actor_lr=float(agent.actor_sched.get_last_lr()[0]), inv_temp=float(agent.inv_temp()))
-            if episodes:
-                row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
-                row["episodic_length"] = float(np.mean([n for _, n in episodes]))
-            line = f"[{global_step}/{args.total_timesteps}] "
-            line += summary(row, ("sps", "critic_loss", "meanflow_mse", "q_mean", "alpha_e", "episodic_return"))
-            logger.log("train", row, line + (f" | last eval: {last_eval}" if last_eval else ""))
-            metric_sum, metric_count, episodes = None, 0, []
-
-        if global_step % args.eval_interval == 0 or global_step == args.total_timesteps:
-            if args.eval_episodes > 0:
-                row = evaluation(global_step, run_dir)
-                logger.log("eval", row, video=video_file(run_dir, global_step) if args.capture_video else "")
-                last_eval = summary(row, [k for k in row if k != "step"])
-            if args.save_model:
-                save()
-                if args.save_every_eval:
-                    shutil.copyfile(os.path.join(run_dir, "model.pt"), os.path.join(run_dir, f"model_{global_step}.pt"))
-            progress.reset()  # the next SPS leaves the evaluation and the checkpoint out
-
-    if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
-        save()
-    if args.save_dataset and not progress.stop:
-        save_minari_dataset(args.save_dataset, {k: v.numpy() for k, v in buffer.state_dict().items()}, env, args)
-        print(f"wrote the replay buffer ({buffer.size} transitions) as Minari dataset {args.save_dataset}")
-    env.close()
-    eval_envs.close()
-    logger.close()
-    progress.close(run_dir, os.path.join(run_dir, "model.pt") if args.save_model else None)
 
 
 if __name__ == "__main__":
