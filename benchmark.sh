@@ -8,7 +8,7 @@ PY=$("${PYTHON:-python}" -c 'import sys; print(sys.executable)')  # every job's 
 usage() {
   cat <<'EOF'
 usage: bash benchmark.sh speed [SECONDS] [--out DIR]
-       bash benchmark.sh gpu [--seconds S] [--out DIR]
+       bash benchmark.sh gpu [--seconds S] [--budget S] [--out DIR]
        bash benchmark.sh learn [options]
 
 speed  Training updates/s at batch 256 with the default networks (eager and --compile) and ms per evaluation action
@@ -16,10 +16,15 @@ speed  Training updates/s at batch 256 with the default networks (eager and --co
        and writes DIR/speed.csv (default results/) with the machine: CPU model, cores, torch version, GPU and
        torch's CPU threads (set OMP_NUM_THREADS to choose them).
 
-gpu    The check to run whenever a CUDA GPU is at hand (about 8 minutes; scripts/gpu_check.py): each script trained
-       for a few hundred steps on CUDA with --save-model and resumed, eager and --compile speed, evaluation speed
-       (sequential vs vectorised) and the aggregate updates/s of 1, 4 and 8 MeanFlowQL runs sharing the GPU; writes
-       DIR/{train,speed,eval,share}.csv (default results/gpu) and prints them. Fails at once without CUDA.
+gpu    The check to run whenever a CUDA GPU is at hand (under 8 minutes; scripts/gpu_check.py): each script trained
+       for a few hundred steps on CUDA with --save-model, eager and --compile, and resumed (eager MeanFlowQL with
+       --eval-workers 4); whether each compiled run's step ran as CUDA graphs (TORCH_LOGS=perf_hints,cudagraphs);
+       eager and --compile speed at each script's precision (TF32); evaluation speed (sequential vs vectorised); the
+       aggregate updates/s of 1, 4 and 8 MeanFlowQL runs sharing the GPU. Writes DIR/{train,cudagraphs,speed,eval,
+       share}.csv and a log per child (default results/gpu) and prints them. Each child has a timeout and none runs
+       past --budget seconds (450). Exits 1, after a `FAILED <part> <run>: <why> (see <log>)` line per failed row,
+       when a child failed, timed out or printed no result, and where --compile lacks a C compiler or the Python
+       headers. Fails at once without CUDA.
 
 learn  Learning evidence on data generated here:
          offline  meanflowql, ofql, mvp (--online-steps 0) and bc on cube-single-play-singletask-v0 and

@@ -41,7 +41,7 @@ ALGO_LABELS = {
     "bc": "BC (OFQL, η = 0, one candidate)",
     "som": "SOM",
 }
-SPEED_COLUMNS = ["algo", "device", "mode", "batch", "updates_per_s", "ms_per_action"]
+SPEED_COLUMNS = ["algo", "device", "mode", "batch", "updates_per_s", "ms_per_action", "precision"]
 
 
 def machine() -> dict[str, str]:

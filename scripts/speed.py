@@ -9,14 +9,16 @@ evaluation instead (below).
 Random tensors stand in for the dataset (speed does not depend on the data); the shapes follow each paper's setting
 (MeanFlowQL and OFQL: AntMaze, observation 29, action 8; MVP: cube-double, observation 37, action 5, chunks of 5;
 SOM: HalfCheetah, observation 17, action 6).
-Prints one CSV row: algo, device, mode, batch, updates/s, ms/action.
+Each script's own matmul precision applies (its seed_everything): TF32 on CUDA under its default --tf32, else FP32.
+Prints one CSV row: algo, device, mode, batch, updates/s, ms/action, precision ("tf32" or "fp32").
 
 --eval times --eval-episodes episodes of gymnasium-robotics' AntMaze_Large-v4 (the maze of D4RL's antmaze-large, 1000
 steps each by default; MeanFlowQL's and OFQL's actors see the data's 29-D layout, torso xy + the ant's 27, MVP and SOM
 the first 37 or 17 of those numbers padded with zeros) with the script's policy at its untrained initialisation:
 first sequentially, one env and one observation per policy call (how the scripts evaluated before), then with the
-scripts' evaluate(), all episodes in one process (0) and in N processes, for each N of --eval-workers. Prints one
-CSV row each: algo, device, mode, episodes, steps, seconds, speed-up over sequential.
+scripts' evaluate(), all episodes in one process (0) and in N processes, for each N of --eval-workers (their worker
+processes fork before anything touches CUDA, as in the scripts). Prints one CSV row each: algo, device, mode, episodes,
+steps, seconds, speed-up over sequential, precision.
 """
 
 import argparse
@@ -26,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 # torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
 # (results/README.md "Threads on a shared machine"). Read when torch loads; OMP_WAIT_POLICY=ACTIVE overrides it.
@@ -38,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_algo(name: str):
+def load_algo(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, ROOT / "algos" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -123,14 +126,20 @@ def rate(fn: Callable, device: torch.device, warmup: int, seconds: float) -> flo
     return n / (time.perf_counter() - start)
 
 
-def eval_speed(algo: str, act: Callable, device: torch.device, episodes: int, steps: int, workers: list[int]) -> None:
-    """Seconds per evaluation, sequential and vectorised (module docstring); the first 8 action numbers (zero-padded)
-    drive the ant."""
+def antmaze(steps: int) -> Callable[[], gym.Env]:
+    """A maker of AntMaze_Large-v4 episodes of `steps` steps."""
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
+    return lambda: gym.make("AntMaze_Large-v4", max_episode_steps=steps)
+
+
+def eval_speed(
+    algo: str, act: Callable, device: torch.device, episodes: int, make_env: Callable, envs: dict, precision: str
+) -> None:
+    """Seconds per evaluation, sequential and vectorised (module docstring); envs: the vector envs of each N of
+    --eval-workers, made before the agent; the first 8 action numbers (zero-padded) drive the ant."""
     mod, obs_dim = sys.modules[algo], OBS_DIMS[algo]
-    make_env = lambda: gym.make("AntMaze_Large-v4", max_episode_steps=steps)  # noqa: E731
 
     def policy(raw_obs: dict) -> np.ndarray:  # [n, 8] env actions for one observation or a batch
         obs = np.concatenate([raw_obs["achieved_goal"], raw_obs["observation"]], axis=-1).reshape(-1, 29)
@@ -150,17 +159,24 @@ def eval_speed(algo: str, act: Callable, device: torch.device, episodes: int, st
                         break
         env.close()
         sequential = time.perf_counter() - start
-        print(f"{algo},{device.type},sequential,{episodes},{steps},{sequential:.1f},1.00", flush=True)
-        for n in workers:
-            envs = mod.make_eval_envs(make_env, episodes, n)
+        row = f"{episodes},{env.spec.max_episode_steps}"
+        print(f"{algo},{device.type},sequential,{row},{sequential:.1f},1.00,{precision}", flush=True)
+        for n, vector_env in envs.items():
             start = time.perf_counter()
-            mod.evaluate(policy, envs, episodes, seed=0)
+            mod.evaluate(policy, vector_env, episodes, seed=0, device=device)
             seconds = time.perf_counter() - start
-            envs.close()
+            vector_env.close()
             mode = "vector" if n == 0 else f"async-{n}"
-            print(
-                f"{algo},{device.type},{mode},{episodes},{steps},{seconds:.1f},{sequential / seconds:.2f}", flush=True
-            )
+            print(f"{algo},{device.type},{mode},{row},{seconds:.1f},{sequential / seconds:.2f},{precision}", flush=True)
+
+
+def set_precision(mod: ModuleType, device: torch.device) -> str:
+    """The script's own matmul precision, as its seed_everything sets it: TF32 on CUDA under its default --tf32."""
+    if device.type != "cuda":
+        return "fp32"
+    tf32 = mod.Args().tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    return "tf32" if tf32 else "fp32"
 
 
 def main() -> None:
@@ -177,10 +193,15 @@ def main() -> None:
     parser.add_argument("--eval-workers", type=int, nargs="+", default=[0], help="0: one process; N: N processes")
     opts = parser.parse_args()
     device = torch.device(opts.device)
+    mod = load_algo(opts.algo)
+    precision = set_precision(mod, device)
+    if opts.eval:  # the worker processes fork before anything touches CUDA (forking after it is unsupported)
+        make_env = antmaze(opts.eval_steps)
+        envs = {n: mod.make_eval_envs(make_env, opts.eval_episodes, n) for n in opts.eval_workers}
     torch.manual_seed(0)
     update, act = SETUPS[opts.algo](device, opts.compile, opts.batch_size)
     if opts.eval:
-        return eval_speed(opts.algo, act, device, opts.eval_episodes, opts.eval_steps, opts.eval_workers)
+        return eval_speed(opts.algo, act, device, opts.eval_episodes, make_env, envs, precision)
     obs = torch.randn(1, OBS_DIMS[opts.algo], device=device)
     for _ in range(5):  # warm-up (compilation happens here)
         update()
@@ -188,7 +209,7 @@ def main() -> None:
     updates_per_s = rate(update, device, warmup=0, seconds=opts.seconds)
     ms_per_action = 1000 / rate(lambda: act(obs).cpu(), device, warmup=20, seconds=min(5.0, opts.seconds))
     mode = "compile" if opts.compile else "eager"
-    print(f"{opts.algo},{device.type},{mode},{opts.batch_size},{updates_per_s:.2f},{ms_per_action:.3f}")
+    print(f"{opts.algo},{device.type},{mode},{opts.batch_size},{updates_per_s:.2f},{ms_per_action:.3f},{precision}")
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def test_speed_csv_has_the_machine_description(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert row.stdout.strip() in proc.stdout  # the rows are passed through as they come
     (written,) = read_csv(tmp_path / "speed.csv")
-    assert list(written) == ["algo", "device", "mode", "batch", "updates_per_s", "ms_per_action",
+    assert list(written) == ["algo", "device", "mode", "batch", "updates_per_s", "ms_per_action", "precision",
                              "cpu", "cores", "torch", "gpu", "threads"]  # fmt: skip
     assert written["algo"] == "ofql" and float(written["updates_per_s"]) > 0
     assert written["cores"] == str(os.cpu_count()) and written["torch"] == __import__("torch").__version__
