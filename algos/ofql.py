@@ -633,23 +633,15 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 # ======================================================================================================================
 # PLUMBING (TRY NOT TO MODIFY): task aliases, data layer, replay buffer, arguments, checkpoints, logging, evaluation
 # ======================================================================================================================
-_ANTMAZE = {k: k for k in ("umaze", "umaze-diverse", "medium-play", "medium-diverse")}
-_ANTMAZE |= {"large": "large-play", "large-play": "large-play", "large-diverse": "large-diverse"}  # antmaze-large: play
-_ADROIT = ("pen", "door", "hammer", "relocate")
+_ANTMAZE = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large", "large-play", "large-diverse")
+_ADROIT, _POINTMAZE = ("pen", "door", "hammer", "relocate"), ("open", "umaze", "medium", "large")
+_MUJOCO = ("halfcheetah", "hopper", "walker2d")
 ALIASES: dict[str, str] = {
-    **{f"antmaze-{k}": f"D4RL/antmaze/{v}-v1" for k, v in _ANTMAZE.items()},
+    **{f"antmaze-{k}": f"D4RL/antmaze/{'large-play' if k == 'large' else k}-v1" for k in _ANTMAZE},
     **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
     **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in _ADROIT for k in ("human", "cloned", "expert")},
-    **{
-        f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2"
-        for m in ("open", "umaze", "medium", "large")
-        for d in ("", "-dense")
-    },
-    **{
-        f"{e}-{k}": f"mujoco/{e}/{k}-v0"
-        for e in ("halfcheetah", "hopper", "walker2d")
-        for k in ("simple", "medium", "expert")
-    },
+    **{f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2" for m in _POINTMAZE for d in ("", "-dense")},
+    **{f"{e}-{k}": f"mujoco/{e}/{k}-v0" for e in _MUJOCO for k in ("simple", "medium", "expert")},
 }
 """short --env-id aliases -> Minari dataset ids; Minari's MuJoCo sets are new data, not D4RL's"""
 
@@ -859,8 +851,6 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> tuple[Ta
 
 
 def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> tuple[Task, gym.Env]:
-    import urllib.error
-
     import ogbench
 
     base = re.sub(r"-singletask(-task\d)?", "", name)  # the dataset's files: ...-play-v0.npz and ...-play-v0-val.npz
@@ -871,8 +861,8 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> tuple[Task, gy
             f"'{name}' is not an OGBench singletask task ({e}). Names are "
             "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
         ) from None
-    except urllib.error.URLError as e:  # no network, or no such file on OGBench's server
-        where = f"not in {dataset_dir} (--dataset-dir) and could not be downloaded ({type(e).__name__}: {e.reason})"
+    except OSError as e:  # urllib's URLError: no network, or no such file on OGBench's server
+        where = f"not in {dataset_dir} (--dataset-dir) and could not be downloaded ({type(e).__name__}: {e})"
         raise DatasetError(f"OGBench dataset '{base}' (for '{name}') is {where}; {GET_IT}") from None
     make_env = lambda **kwargs: ogbench.make_env_and_datasets(name, env_only=True, **kwargs)  # noqa: E731
     flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
@@ -892,12 +882,11 @@ class ReplayBuffer:
     """All transitions as tensors on the training device: the offline data, then the online transitions appended."""
 
     def __init__(self, data: dict[str, np.ndarray], capacity: int, device: torch.device):
-        self.size = len(data["rewards"])
-        self.offline_size = self.size
+        self.size = self.offline_size = len(data["rewards"])
         self.data = {}
         for k in ("observations", "actions", "rewards", "masks", "next_observations"):  # episode ends are not needed
             v = torch.as_tensor(data[k], dtype=torch.float32).reshape(self.size, -1)
-            self.data[k] = torch.zeros((capacity, v.shape[1]), dtype=torch.float32, device=device)
+            self.data[k] = torch.zeros((capacity, v.shape[1]), device=device)
             self.data[k][: self.size] = v.to(device)
 
     def add(self, **transition: np.ndarray) -> None:
