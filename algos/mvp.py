@@ -565,7 +565,6 @@ class Task:
     (None with --eval-only); val_data: OGBench's validation split; flatten_obs: env observation -> the data's layout;
     normalized_score: raw returns -> score x100, where the dataset has one."""
 
-    dataset_id: str
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
     data: Optional[dict[str, np.ndarray]]
     val_data: Optional[dict[str, np.ndarray]]
@@ -738,7 +737,7 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> tuple[Ta
         return FixedGoalAntMaze(env, goal) if relabel else env
 
     data = {k: np.concatenate([row[k] for row in rows]) for k in rows[0]} if with_data else None
-    return Task(dataset_id, family, data, None, make_env, flatten_obs, normalized_score), env
+    return Task(family, data, None, make_env, flatten_obs, normalized_score), env
 
 
 def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> tuple[Task, gym.Env]:
@@ -762,7 +761,7 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> tuple[Task, gy
     # dones: 1 at the last transition of each trajectory
     train, val = (s and {**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
                   for s in splits)  # fmt: skip
-    return Task(name, "ogbench", train, val, make_env, flatten_obs, None), env
+    return Task("ogbench", train, val, make_env, flatten_obs, None), env
 
 
 # --- end of the shared data layer ---
