@@ -692,10 +692,8 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> tuple[Ta
     # goal dicts -> vectors (algos/README.md). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
     # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
     # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
-    keys = {
-        "antmaze": ("achieved_goal", "observation") + (() if relabel else ("desired_goal",)),
-        "pointmaze": ("observation", "desired_goal"),
-    }.get(family, ("observation",))
+    keys = {"antmaze": ("achieved_goal", "observation") + (() if relabel else ("desired_goal",)),
+            "pointmaze": ("observation", "desired_goal")}.get(family, ("observation",))  # fmt: skip
 
     def flatten_obs(obs: object) -> np.ndarray:
         if isinstance(obs, dict):
@@ -757,8 +755,7 @@ def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> tuple[Task, gy
     make_env = lambda **kwargs: ogbench.make_env_and_datasets(name, env_only=True, **kwargs)  # noqa: E731
     flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
     env, splits = (out[0], out[1:]) if with_data else (out, (None, None))
-    keys = ("observations", "actions", "rewards", "masks", "next_observations")
-    # dones: 1 at the last transition of each trajectory
+    keys = ("observations", "actions", "rewards", "masks", "next_observations")  # dones: 1 where a trajectory ends
     train, val = (s and {**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
                   for s in splits)  # fmt: skip
     return Task("ogbench", train, val, make_env, flatten_obs, None), env
