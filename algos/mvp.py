@@ -20,7 +20,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -522,17 +521,14 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 # ======================================================================================================================
 # PLUMBING (TRY NOT TO MODIFY): task aliases, data layer, chunk buffer, arguments, checkpoints, logging, evaluation
 # ======================================================================================================================
-_ANTMAZE = {"umaze": "umaze", "umaze-diverse": "umaze-diverse", "medium-play": "medium-play",
-            "medium-diverse": "medium-diverse", "large": "large-play", "large-play": "large-play",
-            "large-diverse": "large-diverse"}  # fmt: skip
+_ANTMAZE = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large", "large-play", "large-diverse")
+_ADROIT, _POINTMAZE = ("pen", "door", "hammer", "relocate"), ("open", "umaze", "medium", "large")
 ALIASES: dict[str, str] = {  # short --env-id aliases -> Minari dataset ids; the paper's tasks are OGBench names
-    **{f"antmaze-{k}": f"D4RL/antmaze/{v}-v1" for k, v in _ANTMAZE.items()},
+    **{f"antmaze-{k}": f"D4RL/antmaze/{'large-play' if k == 'large' else k}-v1" for k in _ANTMAZE},
     **{f"kitchen-{k}": f"D4RL/kitchen/{k}-v2" for k in ("complete", "partial", "mixed")},
-    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in ("pen", "door", "hammer", "relocate")
-       for k in ("human", "cloned", "expert")},
-    **{f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2" for m in ("open", "umaze", "medium", "large")
-       for d in ("", "-dense")},
-}  # fmt: skip
+    **{f"{e}-{k}": f"D4RL/{e}/{k}-v2" for e in _ADROIT for k in ("human", "cloned", "expert")},
+    **{f"pointmaze-{m}{d}": f"D4RL/pointmaze/{m}{d}-v2" for m in _POINTMAZE for d in ("", "-dense")},
+}
 
 
 def resolve_dataset_id(env_id: str) -> str:
@@ -556,20 +552,11 @@ def resolve_dataset_id(env_id: str) -> str:
 
 # --- shared data layer: identical in meanflowql.py, ofql.py and mvp.py (tests/test_cli.py checks it) ---
 D4RL_GOAL_RADIUS = 0.5  # D4RL's AntMaze goal radius (relabel_antmaze_rewards.py); gymnasium-robotics uses 0.45
-STAND_INS = {  # datasets that scripts/ can write locally (small stand-ins, not the real data): id pattern -> command
-    r"D4RL/antmaze/(umaze(-diverse)?|(medium|large)-(play|diverse))-v[12]": "make_minari_dataset.py --dataset-id {}",
-    r"D4RL/pointmaze/(open|umaze|medium|large)(-dense)?-v2": "make_minari_dataset.py --policy waypoint --dataset-id {}",
-    r"mujoco/invertedpendulum/medium-v0": "make_pendulum_dataset.py",
-    r"meanflow-rl/bandit/two-hills-v0": "bandit.py",  # the project's own task (results/README.md)
-}
+GET_IT = "README.md, section 'Datasets', says how to get or create it"
 
 
 class DatasetError(Exception):
-    """An expected, user-fixable problem (unknown id, missing or broken dataset); printed without a traceback."""
-
-
-def first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    """An expected, user-fixable problem (unknown id, missing dataset, bad data); printed without a traceback."""
 
 
 @dataclass
@@ -578,15 +565,15 @@ class Task:
     (None with --eval-only); val_data: OGBench's validation split; flatten_obs: env observation -> the data's layout;
     normalized_score: raw returns -> score x100, where the dataset has one."""
 
-    dataset_id: str
     family: str  # antmaze, pointmaze, kitchen, adroit, mujoco, ogbench or minari
     data: Optional[dict[str, np.ndarray]]
     val_data: Optional[dict[str, np.ndarray]]
     make_env: Callable[..., gym.Env]  # kwargs go to gym.make (render_mode)
     flatten_obs: Callable[[object], np.ndarray]
     normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
-    action_low: Optional[np.ndarray] = None  # the env's action bounds (set by load_dataset)
-    action_high: Optional[np.ndarray] = None
+    action_low: Optional[np.ndarray] = None  # the env's action bounds as centre + [-1, 1] * half (set by load_dataset)
+    action_mid: Optional[np.ndarray] = None
+    action_half: Optional[np.ndarray] = None
     reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
     reward_bias: float = 0.0
 
@@ -595,8 +582,7 @@ class Task:
 
     def env_action(self, action: np.ndarray) -> np.ndarray:
         """[-1, 1] -> the env's units (InvertedPendulum: [-3, 3])."""
-        mid, half = (self.action_high + self.action_low) / 2, (self.action_high - self.action_low) / 2
-        return (mid + action * half).astype(np.float32)
+        return (self.action_mid + action * self.action_half).astype(np.float32)
 
 
 def is_ogbench_name(env_id: str) -> bool:
@@ -616,26 +602,19 @@ def load_dataset(
     """The dataset as transitions, checked against its env (shapes, finite values, action bounds) before any compute;
     actions mapped to [-1, 1], rewards to (r + reward_bias) * reward_scale. data=False: the env only (--eval-only)."""
     ogbench = is_ogbench_name(dataset_id)
-    task = load_ogbench(dataset_id, dataset_dir, data) if ogbench else load_minari(dataset_id, antmaze_goal, data)
+    task, env = load_ogbench(dataset_id, dataset_dir, data) if ogbench else load_minari(dataset_id, antmaze_goal, data)
     task.reward_scale, task.reward_bias = reward_scale, reward_bias
-    try:
-        env = task.make_env()
-    except (ImportError, gym.error.Error) as e:  # a custom env's module that is not on the import path, say
-        raise DatasetError(
-            f"'{dataset_id}': its environment cannot be made ({type(e).__name__}: {e}). A dataset of a custom env "
-            "needs the env's module on the import path (this project's bandit: PYTHONPATH=scripts)"
-        ) from None
     space = env.action_space
     if not (isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise DatasetError(f"'{dataset_id}': the env's action space {space} is not a bounded Box")
-    task.action_low, task.action_high = space.low.astype(np.float32), space.high.astype(np.float32)
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    task.action_low, task.action_mid, task.action_half = low, (high + low) / 2, (high - low) / 2
     expected = {"observations": task.flatten_obs(env.observation_space.sample()).shape, "actions": space.shape}
     env.close()
     for split, data in (("", task.data), (" (validation split)", task.val_data)):
         if data is None:
             continue
-        if (n := len(data["rewards"])) == 0:
-            raise DatasetError(f"'{dataset_id}'{split} has no transitions")
+        n = len(data["rewards"])
         for key, shape in expected.items():
             if data[key].shape[1:] != shape:
                 raise DatasetError(
@@ -647,63 +626,28 @@ def load_dataset(
                 where = f"(first at index {bad.argmax()})"
                 raise DatasetError(f"'{dataset_id}'{split}: {bad.sum()} of {n} transitions have NaN/inf {key} {where}")
         # actions -> [-1, 1] from the env's bounds (exactly the identity for [-1, 1]); clipped to +-(1 - 1e-5) as in FQL
-        mid, half = (task.action_high + task.action_low) / 2, (task.action_high - task.action_low) / 2
-        unit = (data["actions"] - mid) / half
+        unit = (data["actions"] - task.action_mid) / task.action_half
         if (outside := (np.abs(unit) > 1 + 1e-3).any(1)).any():
             print(
                 f"notice: '{dataset_id}'{split}: {outside.sum()} of {n} actions lie outside the env's bounds "
-                f"[{task.action_low.min():g}, {task.action_high.max():g}] by more than 0.05% of their range; clipped"
+                f"[{low.min():g}, {high.max():g}] by more than 0.05% of their range; clipped"
             )
         data["actions"] = np.clip(unit, -1 + 1e-5, 1 - 1e-5).astype(np.float32)
         data["rewards"] = task.transform_reward(data["rewards"])
     return task
 
 
-def download_minari(dataset_id: str, root: str) -> None:
-    """Download from Minari's remote, failing at once when there is no network (not after ~25 s of retries)."""
-    import minari
-
-    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
-    host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split("://")[0])
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    reason = "HF_HUB_OFFLINE is set" if offline else ""
-    if host is not None and not reason:
-        try:
-            socket.create_connection((host, 443), timeout=5).close()
-        except OSError as e:
-            reason = f"{host} cannot be reached to download it ({e})"
-    if reason:
-        text = (
-            f"Minari dataset '{dataset_id}' is not in {root}, and {reason}.\n  On a machine with internet: minari "
-            f"download {dataset_id}  (then copy it into {root}, or point MINARI_DATASETS_PATH at it)."
-        )
-        for pattern, script in STAND_INS.items():
-            if re.fullmatch(pattern, dataset_id):
-                text += f"\n  Without downloads: python scripts/{script.format(dataset_id)}  (a small local stand-in)"
-        raise DatasetError(text)
-    try:
-        minari.download_dataset(dataset_id)
-    except Exception as e:  # unknown remote id, missing optional package, ...
-        raise DatasetError(
-            f"Minari dataset '{dataset_id}' is not in {root} and could not be downloaded from {remote} "
-            f"({first_line(e)}). `minari list remote` lists the ids there."
-        ) from None
-
-
-def antmaze_eval_map(ds: object, dataset_id: str) -> Optional[list]:
+def antmaze_eval_map(ds: object, dataset_id: str) -> list:
     """Minari's umaze eval maps (umaze and umaze-diverse) are walled unlike the maze the data come from: the gap in the
     middle wall is on the other side (Minari issue #304). Rotated by 180 degrees, the eval map has the data's walls and
-    the same task (start and goal cells relative to the walls); return that map, or None when the walls agree."""
-    walls = []
-    for eval_env in (False, True):
-        env = ds.recover_environment(eval_env=eval_env)
-        walls.append([[c == 1 for c in row] for row in env.unwrapped.maze.maze_map])
-        eval_map = env.unwrapped.maze.maze_map
-        env.close()
-    if walls[0] == walls[1]:
-        return None
+    the same task (start and goal cells relative to the walls); return that map, else the eval map itself."""
+    walls = lambda maze_map: [[c == 1 for c in row] for row in maze_map]  # noqa: E731
+    data_map = ds.env_spec.kwargs["maze_map"]
+    eval_map = json.loads(ds.storage.metadata["eval_env_spec"])["kwargs"]["maze_map"]
+    if walls(eval_map) == walls(data_map):
+        return eval_map
     rotated = [row[::-1] for row in eval_map[::-1]]
-    if [[c == 1 for c in row] for row in rotated] != walls[0]:
+    if walls(rotated) != walls(data_map):
         raise DatasetError(f"'{dataset_id}': the eval env's maze is walled unlike the data's maze")
     print(f"notice: {dataset_id}: evaluating on the eval map rotated by 180 degrees, which has the data's walls")
     return rotated
@@ -729,48 +673,44 @@ class FixedGoalAntMaze(gym.Wrapper):
         return {**obs, "desired_goal": self.goal.copy()}, float(reached), reached, truncated, info
 
 
-def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
+def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> tuple[Task, gym.Env]:
     import gymnasium_robotics
     import minari
     from minari.storage import get_dataset_path
 
     gym.register_envs(gymnasium_robotics)
-    root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
-    if not os.path.exists(os.path.join(root, dataset_id, "data", "metadata.json")):
-        download_minari(dataset_id, root)
-    try:
-        ds = minari.load_dataset(dataset_id)
-        episodes = list(ds.iterate_episodes()) if with_data else []
-    except Exception as e:
-        raise DatasetError(
-            f"Minari dataset '{dataset_id}' at {get_dataset_path(dataset_id)} cannot be read ({first_line(e)}); is it "
-            f"corrupt or partly downloaded? Delete it and download it again: minari delete {dataset_id}; minari "
-            f"download {dataset_id}"
-        ) from None
+    if not (get_dataset_path(dataset_id) / "data").exists():
+        try:  # as minari.load_dataset(download=True); with no network, after ~25 s of huggingface_hub's retries
+            minari.download_dataset(dataset_id)
+        except Exception as e:  # no network, HF_HUB_OFFLINE=1, an id the remote does not hold
+            why = f"{type(e).__name__}: {e}".splitlines()[0]
+            where = f"not in {get_dataset_path()} (MINARI_DATASETS_PATH) and could not be downloaded ({why})"
+            raise DatasetError(f"Minari dataset '{dataset_id}' is {where}; {GET_IT}") from None
+    ds = minari.load_dataset(dataset_id)
     family = dataset_family(dataset_id)
     relabel = family == "antmaze" and antmaze_goal == "relabel"
     # goal dicts -> vectors (algos/README.md). AntMaze: torso xy (achieved_goal) + observation (27), D4RL's layout,
     # then the episode's goal (desired_goal) unless rewards are relabelled to one fixed goal. PointMaze: observation
     # (4) + goal. Kitchen's goal dict is the same in every episode, so it is dropped.
-    keys = {
-        "antmaze": ("achieved_goal", "observation") + (() if relabel else ("desired_goal",)),
-        "pointmaze": ("observation", "desired_goal"),
-    }.get(family, ("observation",))
+    keys = {"antmaze": ("achieved_goal", "observation") + (() if relabel else ("desired_goal",)),
+            "pointmaze": ("observation", "desired_goal")}.get(family, ("observation",))  # fmt: skip
 
     def flatten_obs(obs: object) -> np.ndarray:
         if isinstance(obs, dict):
             return np.concatenate([np.asarray(obs[k], dtype=np.float32) for k in keys], axis=-1)
         return np.asarray(obs, dtype=np.float32)
 
-    eval_kwargs, goal = {}, None
-    if family == "antmaze":
-        maze_map = antmaze_eval_map(ds, dataset_id)
-        eval_kwargs = {} if maze_map is None else {"maze_map": maze_map}
+    eval_kwargs = {"maze_map": antmaze_eval_map(ds, dataset_id)} if family == "antmaze" else {}
+    try:  # the one env of this load: load_dataset's checks, and AntMaze's goal
         env = ds.recover_environment(eval_env=True, **eval_kwargs)
-        goal = np.array(env.unwrapped.maze.unique_goal_locations[0])  # the eval map's goal cell, without noise
-        env.close()
-    parts = {k: [] for k in ("observations", "actions", "rewards", "masks", "dones", "next_observations")}
-    for ep in episodes:  # episodes -> transitions: observations have T+1 rows
+    except (ImportError, gym.error.Error) as e:  # a custom env's module that is not on the import path, say
+        raise DatasetError(
+            f"'{dataset_id}': its environment cannot be made ({type(e).__name__}: {e}). A dataset of a custom env "
+            "needs the env's module on the import path (this project's bandit: PYTHONPATH=scripts)"
+        ) from None
+    goal = np.array(env.unwrapped.maze.unique_goal_locations[0]) if relabel else None  # the eval goal cell, no noise
+    rows = []
+    for ep in ds.iterate_episodes() if with_data else ():  # episodes -> transitions: observations have T+1 rows
         o = flatten_obs(ep.observations)
         rewards, terminals = ep.rewards.astype(np.float32), ep.terminations.astype(bool)
         if relabel:  # D4RL's relabel_antmaze_rewards.py: reward and terminal where the next xy is at the goal
@@ -778,12 +718,9 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
             rewards = terminals.astype(np.float32)
         dones = terminals | ep.truncations.astype(bool)
         dones[-1] = True  # an episode always ends at its last row, flagged or not
-        row = dict(observations=o[:-1], next_observations=o[1:], rewards=rewards, dones=dones.astype(np.float32),
-                   actions=ep.actions.astype(np.float32).reshape(len(rewards), -1),
-                   masks=1.0 - terminals.astype(np.float32))  # timeouts bootstrap  # fmt: skip
-        for k, v in row.items():
-            parts[k].append(v)
-    data = {k: np.concatenate(v) for k, v in parts.items()} if episodes else {k: np.zeros((0, 1)) for k in parts}
+        rows.append(dict(observations=o[:-1], actions=ep.actions.astype(np.float32).reshape(len(rewards), -1),
+                         rewards=rewards, masks=1.0 - terminals.astype(np.float32),  # timeouts bootstrap
+                         dones=dones.astype(np.float32), next_observations=o[1:]))  # fmt: skip
     if relabel:  # the return is 0 or 1 (the episode ends at the goal): D4RL's AntMaze score, ref scores 0 and 1
         normalized_score = lambda r: 100.0 * np.asarray(r)  # noqa: E731
     elif ds.storage.metadata.get("ref_max_score") is not None:
@@ -797,51 +734,31 @@ def load_minari(dataset_id: str, antmaze_goal: str, with_data: bool) -> Task:
         env = ds.recover_environment(eval_env=True, **eval_kwargs, **kwargs)
         return FixedGoalAntMaze(env, goal) if relabel else env
 
-    return Task(dataset_id, family, data if with_data else None, None, make_env, flatten_obs, normalized_score)
+    data = {k: np.concatenate([row[k] for row in rows]) for k in rows[0]} if with_data else None
+    return Task(family, data, None, make_env, flatten_obs, normalized_score), env
 
 
-def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> Task:
+def load_ogbench(name: str, dataset_dir: str, with_data: bool) -> tuple[Task, gym.Env]:
     import ogbench
 
-    try:  # the env alone needs no download, and tells whether the task exists
-        env = ogbench.make_env_and_datasets(name, env_only=True)
+    base = re.sub(r"-singletask(-task\d)?", "", name)  # the dataset's files: ...-play-v0.npz and ...-play-v0-val.npz
+    try:  # downloads missing files into dataset_dir; singletask rewards, masks: relabelled for the task by ogbench
+        out = ogbench.make_env_and_datasets(name, dataset_dir=dataset_dir, env_only=not with_data)
     except gym.error.Error as e:
         raise DatasetError(
             f"'{name}' is not an OGBench singletask task ({e}). Names are "
             "{env}-{dataset}-singletask[-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0."
         ) from None
+    except OSError as e:  # urllib's URLError: no network, or no such file on OGBench's server
+        where = f"not in {dataset_dir} (--dataset-dir) and could not be downloaded ({type(e).__name__}: {e})"
+        raise DatasetError(f"OGBench dataset '{base}' (for '{name}') is {where}; {GET_IT}") from None
     make_env = lambda **kwargs: ogbench.make_env_and_datasets(name, env_only=True, **kwargs)  # noqa: E731
     flatten_obs = lambda obs: np.asarray(obs, dtype=np.float32)  # noqa: E731
-    if not with_data:
-        env.close()
-        return Task(name, "ogbench", None, None, make_env, flatten_obs, None)
-    dataset_dir, splits = os.path.expanduser(dataset_dir), name.split("-")
-    base = "-".join(splits[: splits.index("singletask")] + splits[-1:])  # ...-play-singletask-task2-v0 -> ...-play-v0
-    path = os.path.join(dataset_dir, f"{base}.npz")
-    if not (os.path.exists(path) and os.path.exists(path.replace(".npz", "-val.npz"))):
-        try:
-            ogbench.download_datasets([base], dataset_dir)
-        except Exception as e:
-            raise DatasetError(
-                f"OGBench dataset '{base}' (for '{name}') is not at {path} (and its -val.npz), and could not be "
-                f'downloaded ({first_line(e)}).\n  On a machine with internet: python -c "import ogbench; '
-                f"ogbench.download_datasets(['{base}'], '{dataset_dir}')\"  (or pass --dataset-dir where the .npz "
-                "files are).\n  To create it locally with OGBench's scripted oracles: python "
-                f"scripts/make_ogbench_dataset.py --env-name {base} --dataset-dir {dataset_dir}"
-            ) from None
-    try:  # singletask datasets: rewards and masks relabelled for the task by ogbench (relabel_utils.py)
-        datasets = ogbench.make_env_and_datasets(name, dataset_path=path, dataset_only=True, cur_env=env)
-    except Exception as e:
-        raise DatasetError(
-            f"OGBench dataset {path} (or its -val.npz) cannot be read ({first_line(e)}); is it corrupt or partly "
-            "downloaded? Delete it and download it again."
-        ) from None
-    env.close()
-    keys = ("observations", "actions", "rewards", "masks", "next_observations")
-    # dones: 1 at the last transition of each trajectory
-    train, val = ({**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
-                  for s in datasets)  # fmt: skip
-    return Task(name, "ogbench", train, val, make_env, flatten_obs, None)
+    env, splits = (out[0], out[1:]) if with_data else (out, (None, None))
+    keys = ("observations", "actions", "rewards", "masks", "next_observations")  # dones: 1 where a trajectory ends
+    train, val = (s and {**{k: s[k].astype(np.float32) for k in keys}, "dones": s["terminals"].astype(np.float32)}
+                  for s in splits)  # fmt: skip
+    return Task("ogbench", train, val, make_env, flatten_obs, None), env
 
 
 # --- end of the shared data layer ---
@@ -856,7 +773,7 @@ class ReplayBuffer:
         self.data = {}
         for k, v in data.items():
             v = torch.as_tensor(v, dtype=torch.float32)
-            self.data[k] = torch.zeros((capacity, *v.shape[1:]), dtype=torch.float32, device=device)
+            self.data[k] = torch.zeros((capacity, *v.shape[1:]), device=device)
             self.data[k][: self.size] = v.to(device)
 
     def add(self, **transition: np.ndarray) -> None:

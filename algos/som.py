@@ -634,11 +634,8 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
             ) from None
     obs_space, act_space = env.observation_space, env.action_space
     boxes = isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
-    if not (boxes and np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
-        env.close()
-        raise ConfigError(
-            f"--env-id '{env_id}' has {obs_space} / {act_space}; SOM needs Box obs and bounded Box actions"
-        )
+    if not (boxes and np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
+        raise ConfigError(f"--env-id '{env_id}' has {obs_space} / {act_space}; SOM needs Box obs, bounded Box actions")
     return env
 
 
@@ -671,7 +668,7 @@ class ReplayBuffer:
     def __init__(self, capacity: int, obs_dim: int, action_dim: int, device: torch.device):
         # dones (terminated or truncated) are not used by the update; they split episodes for --save-dataset
         dims = dict(observations=obs_dim, actions=action_dim, rewards=1, masks=1, dones=1, next_observations=obs_dim)
-        self.data = {k: torch.zeros((capacity, d), dtype=torch.float32, device=device) for k, d in dims.items()}
+        self.data = {k: torch.zeros((capacity, d), device=device) for k, d in dims.items()}
         self.size = 0
 
     def add(self, **transition: np.ndarray) -> None:
