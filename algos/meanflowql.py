@@ -4,7 +4,6 @@
 #
 # Time convention: t=0 is data, t=1 is noise, start time r fixed at 0. The actor predicts the *residual*
 # g(s, z, t) = z - u(z, 0, t) and acts in one step with a = clip(g(s, e, 1)), e ~ N(0, I).
-import itertools
 import json
 import math
 import os
@@ -1030,9 +1029,8 @@ def check_args(args: object) -> None:
         errors.append("--capture-video renders in this process: use it with --eval-workers 0")
     if args.save_every_eval and not args.save_model:
         errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
-    name = args.exp_name
-    if not name or name in (".", "..") or "/" in name or os.sep in name:
-        errors.append(f"--exp-name must be one path component, without '/' (got {name!r})")
+    if args.exp_name in ("", ".", "..") or "/" in args.exp_name or os.sep in args.exp_name:
+        errors.append(f"--exp-name must be one path component, without '/' (got {args.exp_name!r})")
     if errors:
         raise UsageError("; ".join(errors))
 
@@ -1053,8 +1051,7 @@ def saved_args(args_type: type, ckpt: dict) -> object:
 
 
 def parse_cli(args_type: type) -> tuple[object, Optional[dict]]:
-    """(tyro's Args, the checkpoint of --resume or None). With --resume, the command line is parsed again over the
-    checkpoint's arguments, so that the flags given override them."""
+    """(Args, checkpoint): with --resume, parsed again over the checkpoint's arguments (the flags given override)."""
     args = tyro.cli(args_type)
     if not args.resume:
         return args, None
@@ -1063,9 +1060,8 @@ def parse_cli(args_type: type) -> tuple[object, Optional[dict]]:
 
 
 def resume(args: object, ckpt: Optional[dict]) -> tuple[object, Optional[dict]]:
-    """--resume: (the run's arguments, its checkpoint). Given no checkpoint (main called from Python), it is loaded
-    here and the arguments that differ from Args' defaults override its; parse_cli has merged them already. A change
-    of the task, the network shapes, --compile or --seed (but --eval-only may take another --seed) is refused."""
+    """--resume: (args, checkpoint). From Python (no ckpt), the arguments that differ from Args' defaults override the
+    checkpoint's. FIXED_ON_RESUME cannot change (--eval-only may take another --seed)."""
     if not args.resume:
         return args, None
     if ckpt is None:
@@ -1081,9 +1077,7 @@ def resume(args: object, ckpt: Optional[dict]) -> tuple[object, Optional[dict]]:
 
 
 def resume_run_dir(path: str, step: int) -> str:
-    """The run directory of a resumed checkpoint. Its log rows past the checkpoint's step (a run killed after its
-    last model.pt) are dropped; an older checkpoint of a run that went further is refused (it would overwrite newer
-    results)."""
+    """The checkpoint's folder, its log rows past `step` dropped; an older checkpoint than the run's is refused."""
     run_dir = os.path.dirname(os.path.abspath(path))
     for name in ("train.jsonl", "eval.jsonl"):
         if os.path.exists(file := os.path.join(run_dir, name)):
@@ -1102,12 +1096,11 @@ def resume_run_dir(path: str, step: int) -> str:
 def make_run_dir(output_dir: str, env_id: str, exp_name: str, seed: int) -> str:
     """output_dir/{env}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}, with -2, -3, ... for runs started in the same second."""
     base = os.path.join(output_dir, f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}")
-    for i in itertools.count(1):
-        try:
-            os.makedirs(path := base if i == 1 else f"{base}-{i}")
-            return path
-        except FileExistsError:
-            continue
+    i, path = 1, base
+    while os.path.exists(path):
+        i, path = i + 1, f"{base}-{i + 1}"
+    os.makedirs(path)
+    return path
 
 
 def seed_everything(args: object) -> torch.device:
@@ -1123,8 +1116,7 @@ def seed_everything(args: object) -> torch.device:
 
 
 def rng_state(device: torch.device) -> dict:
-    """The random streams; on CUDA the training device's generator alone (a resume may see fewer GPUs), and no CUDA
-    call at all for a CPU run, on a GPU host too."""
+    """The random streams: on CUDA the training device's only (a resume may see fewer GPUs); no CUDA call on CPU."""
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
@@ -1138,17 +1130,15 @@ def restore_rng(state: dict, device: torch.device) -> None:
 
 
 def save_checkpoint(path: str, step: int, agent: object, args: object, device: torch.device, **state: object) -> None:
-    """One schema for the four scripts: the script, step, agent, arguments, RNG states and the script's other state
-    (replay buffer, observation statistics, env). Written to path.tmp and renamed: never half a checkpoint."""
+    """One schema for the four scripts, plus each one's state; via path.tmp: never half a checkpoint."""
     state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), **state}
     torch.save({**state, "rng": rng_state(device)}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
 class Progress:
-    """A tqdm bar (rate and ETA on a terminal; none when output is not one), the updates per second of each log
-    interval without evaluations, checkpoints and the first update (compilation), and Ctrl-C: the first stops after
-    the current step, the second aborts."""
+    """tqdm's bar (none when output is no terminal), updates/s per log interval without evaluations, checkpoints and
+    the first update (compilation); the first Ctrl-C stops after the current step, the second aborts."""
 
     def __init__(self, total: int, initial: int):
         self.bar = tqdm(total=total, initial=initial, disable=None, dynamic_ncols=True, leave=False)
@@ -1167,7 +1157,6 @@ class Progress:
         self.start, self.steps = time.time(), 0
 
     def step(self, updated: bool = True) -> None:
-        """One step of the bar; `updated`: it made a gradient update, which the rate counts (not the first)."""
         self.bar.update()
         if updated and self.first:
             self.first = False
@@ -1175,7 +1164,6 @@ class Progress:
         self.steps += updated
 
     def log(self) -> float:
-        """The rate for a log line, and a new interval."""
         sps = self.steps / max(time.time() - self.start, 1e-9)
         self.reset()
         return sps
@@ -1189,13 +1177,11 @@ class Progress:
 
 
 def summary(row: dict, keys: Iterable[str]) -> str:
-    """'key value | key value' for those of `keys` that the row has."""
     return " | ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
 
 
 class Logger:
-    """A run's rows: appended to run_dir/{kind}.jsonl (kind: train or eval), their numbers sent to W&B as {kind}/{key}
-    with --track (with the evaluation's video, if any), and printed as one line (above the progress bar)."""
+    """Rows to run_dir/{kind}.jsonl (train, eval), to W&B as {kind}/{key} with --track, and printed."""
 
     def __init__(self, run_dir: str, args: object):
         self.run_dir, self.wandb = run_dir, None
@@ -1238,21 +1224,12 @@ def take_rows(obs: object, rows: np.ndarray) -> object:
     return {k: take_rows(v, rows) for k, v in obs.items()} if isinstance(obs, dict) else obs[rows]
 
 
-def evaluate(
-    act: Callable[[object], np.ndarray],
-    envs: gym.vector.VectorEnv,
-    num_episodes: int,
-    seed: int,
-    device: torch.device,
-    video: str = "",
-) -> dict:
-    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i: act(observations of all episodes)
-    -> env actions [num_episodes, action_dim], or chunks [num_episodes, h, action_dim] run open-loop. A wave's
-    observations sit at their episodes' rows (the other rows are copies) and the torch RNG is seeded by (seed, call
-    within the episode) before each call: the policy's noise, and so the result, does not depend on --eval-workers;
-    training's stream is left as it is. An episode that ends is masked out until its wave ends. Returns raw returns,
-    lengths and, where the env reports info['success'], whether it was reached at any step (D4RL's terminate-at-goal
-    semantics). video: write the first episode there as mp4."""
+def evaluate(act: Callable, envs: gym.vector.VectorEnv, num_episodes: int, seed: int, device: torch.device, video=""):
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i. act(every episode's observation;
+    a wave's at its rows, copies elsewhere) -> env actions [num_episodes, action_dim] or chunks [.., h, action_dim],
+    under the torch RNG seeded by (seed, call): the noise does not depend on --eval-workers, training's is untouched.
+    Returns raw returns, lengths and, where info has 'success', whether it was reached (D4RL's semantics); the first
+    episode as mp4 to `video`."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
