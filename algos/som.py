@@ -10,7 +10,6 @@
 # secondary's (algos/README.md "SOM").
 # Time (MeanFlow / VP-SDE): t=0 is the action, t=1 is noise, r <= t. The actor predicts the average velocity
 # u(a_t, r, t, s) of the PF-ODE flow and acts in one step, a = squash(e - u(e, 0, 1, s)), e ~ N(0, I).
-import itertools
 import json
 import math
 import os
@@ -18,11 +17,10 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, Optional, Union
 
 # torch's OpenMP threads sleep, not spin, while they wait: with the cores shared, spinning threads stall the run
@@ -37,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from gymnasium.envs.mujoco import MujocoEnv
+from tqdm import tqdm
 
 ALGO = "som"
 
@@ -471,17 +470,14 @@ class Agent:
 # ======================================================================================================================
 # TRAINING LOOP: online interaction, one update per env step after learning_starts, evaluations, checkpoints
 # ======================================================================================================================
-def main(args: Args, given: Optional[set[str]] = None) -> None:
-    """`given`: the flags given on the command line, which override a resumed checkpoint's arguments."""
+def main(args: Args, ckpt: Optional[dict] = None) -> None:
+    """ckpt: the checkpoint of --resume that parse_cli read (None: main reads it; see `resume`)."""
+    args, ckpt = resume(args, ckpt)
     check_args(args)
-    ckpt = read_checkpoint(args.resume, ALGO) if args.resume else None
-    if ckpt is not None:
-        args = resume_args(args, ckpt["args"], given)
-        if ckpt["step"] >= args.total_timesteps and not args.eval_only:
-            print(f"{args.resume}: the run finished at step {ckpt['step']} of {args.total_timesteps}; nothing to do")
-            return
-    else:
-        check_writable(args.output_dir, "--output-dir")
+    if ckpt is not None and ckpt["step"] >= args.total_timesteps and not args.eval_only:
+        print(f"{args.resume}: the run finished at step {ckpt['step']} of {args.total_timesteps}; nothing to do")
+        return
+    run_dir = resume_run_dir(args.resume, ckpt["step"]) if ckpt is not None and not args.eval_only else None
     if args.save_dataset:
         check_dataset_id(args.save_dataset)
     device = seed_everything(args)
@@ -506,11 +502,10 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
     def evaluation(step: int, run_dir: str) -> dict:
         """One evaluation, printed: its eval.jsonl row; with --capture-video, its first episode in run_dir/videos/."""
-        print(f"[eval {step}] {args.eval_episodes} episodes ...", end=" ", flush=True)
         video = video_file(run_dir, step) if args.capture_video else ""
         result = evaluate(eval_policy, eval_envs, args.eval_episodes, args.seed, device, video)
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
-        print(summary(row, result))
+        tqdm.write(f"[eval {step}] {args.eval_episodes} episodes: {summary(row, result)}")
         return row
 
     if args.eval_only:
@@ -527,9 +522,6 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             restore_env_state(env, ckpt["env"])
         else:  # other envs cannot be restored: start a new episode (not bit-exact)
             loop.update(obs=env.reset(seed=args.seed + loop["global_step"])[0], episode_return=0.0, episode_length=0)
-        run_dir = os.path.dirname(os.path.abspath(args.resume))
-        for f in ("train.jsonl", "eval.jsonl"):
-            truncate_jsonl(os.path.join(run_dir, f), loop["global_step"])
     else:
         loop = {"global_step": 0, "obs": env.reset(seed=args.seed)[0], "episode_return": 0.0, "episode_length": 0}
         run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
@@ -543,7 +535,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
 
     obs, global_step = loop["obs"], loop["global_step"]
     episode_return, episode_length = loop["episode_return"], loop["episode_length"]
-    progress = Progress()
+    progress = Progress(args.total_timesteps, global_step)
     metric_sum, metric_count, last_eval, episodes = None, 0, "", []
 
     def save() -> None:  # model.pt, with where the loop is
@@ -571,7 +563,7 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
             metrics = agent.update(buffer.sample(args.batch_size))
             metric_sum = metrics if metric_sum is None else metric_sum + metrics
             metric_count += 1
-            progress.step(f"[{global_step}/{args.total_timesteps}]")
+        progress.step(updated=global_step >= args.learning_starts)
 
         if global_step % args.log_interval == 0 or global_step == args.total_timesteps:
             row = {"step": global_step, "updates": agent.step, "sps": progress.log()}
@@ -582,6 +574,13 @@ def main(args: Args, given: Optional[set[str]] = None) -> None:
                         f"non-finite loss at step {global_step}: {means}. Try a smaller "
                         "--critic-lr or --actor-lr, or --reward-scale."
                     )
+                # the actor's metrics exist from its first step (update policy_delay) on: averaged over those updates
+                if (actor_count := min(metric_count, agent.step - args.policy_delay + 1)) < metric_count:
+                    for k in ("actor_loss", "meanflow_mse", "mc_q_std", "score_norm"):
+                        if actor_count > 0:
+                            means[k] *= metric_count / actor_count
+                        else:
+                            del means[k]
                 row.update(means, actor_lr=float(agent.actor_sched.get_last_lr()[0]), inv_temp=float(agent.inv_temp()))
             if episodes:
                 row["episodic_return"] = float(np.mean([r for r, _ in episodes]))
@@ -699,8 +698,6 @@ def check_dataset_id(dataset_id: str) -> None:
         parse_dataset_id(dataset_id)
     except ValueError as e:
         raise ConfigError(f"--save-dataset: {e}") from None
-    root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
-    check_writable(root, "the Minari datasets directory (MINARI_DATASETS_PATH)")
     if os.path.exists(get_dataset_path(dataset_id)):
         raise ConfigError(
             f"--save-dataset {dataset_id} already exists at {get_dataset_path(dataset_id)}; choose another id or "
@@ -746,15 +743,18 @@ def save_minari_dataset(dataset_id: str, data: dict[str, np.ndarray], env: gym.E
 
 
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script")  # torch 2.14 deprecation, via torch.func.jvp
+
+
 class UsageError(Exception):
-    """A bad argument, checkpoint or output directory; printed without a traceback, before any compute."""
+    """A bad argument or checkpoint; printed without a traceback, before any compute."""
 
 
 NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
-# flags (or parts of their names) a resumed run cannot change: the task, the network shapes, and --compile (whose
-# optimisers keep their learning rates in tensors)
+# flags (or parts of their names) a resumed run cannot change: the task, the network shapes, --compile (whose
+# optimisers keep their learning rates in tensors) and --seed (the random streams come from the checkpoint)
 FIXED_ON_RESUME = "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb"
-FIXED_ON_RESUME += " shared_time_mlp compile"
+FIXED_ON_RESUME += " shared_time_mlp compile seed"
 
 
 def flag(name: str) -> str:
@@ -787,99 +787,78 @@ def check_args(args: object) -> None:
         errors.append("--capture-video renders in this process: use it with --eval-workers 0")
     if args.save_every_eval and not args.save_model:
         errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
-    name = args.exp_name
-    if not name or name in (".", "..") or "/" in name or os.sep in name:
-        errors.append(f"--exp-name must be one path component, without '/' (got {name!r})")
+    if args.exp_name in ("", ".", "..") or "/" in args.exp_name or os.sep in args.exp_name:
+        errors.append(f"--exp-name must be one path component, without '/' (got {args.exp_name!r})")
     if errors:
         raise UsageError("; ".join(errors))
 
 
-def parse_cli(args_type: type) -> tuple[object, set[str]]:
-    """tyro's Args, and the names of the flags given on the command line (a resumed run keeps the others)."""
-    names, given = {f.name for f in fields(args_type)}, set()
-    for token in sys.argv[1:]:
-        name = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else ""
-        given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
-    return tyro.cli(args_type), given & names
-
-
-def read_checkpoint(path: str, algo: str) -> dict:
-    """The checkpoint, loaded on the CPU (the RNG states must stay CPU tensors), checked before any data is loaded."""
-    if not os.path.exists(path):
+def read_checkpoint(path: str) -> dict:
+    """The checkpoint of --resume, loaded on the CPU (the RNG states must stay CPU tensors)."""
+    if not os.path.isfile(path):
         raise UsageError(f"--resume {path}: no such file")
-    if os.path.isdir(path) or os.path.getsize(path) == 0:
-        what = "is a directory; pass the model.pt inside a run directory" if os.path.isdir(path) else "is empty"
-        raise UsageError(f"--resume {path} {what}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        error = f"--resume {path} cannot be read ({type(e).__name__}); is it truncated, or not a checkpoint?"
-        raise UsageError(error) from None
-    if not isinstance(ckpt, dict) or "algo" not in ckpt or "args" not in ckpt:
-        raise UsageError(f"--resume {path} is not a checkpoint of algos/{algo}.py")
-    if ckpt["algo"] != algo:
-        raise UsageError(f"--resume {path} is a checkpoint of algos/{ckpt['algo']}.py, not of algos/{algo}.py")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if (algo := ckpt.get("algo") if isinstance(ckpt, dict) else None) != ALGO:
+        what = f"a checkpoint of algos/{algo}.py, not" if algo else "not a checkpoint"
+        raise UsageError(f"--resume {path} is {what} of algos/{ALGO}.py")
     return ckpt
 
 
-def resume_args(args: object, saved: dict, given: Optional[set[str]]) -> object:
-    """The checkpoint's arguments, except the flags given again (None: those that differ from the defaults), which
-    apply with a notice; the task and the network shapes cannot change."""
-    if given is None:
-        given = {f.name for f in fields(args) if getattr(args, f.name) != getattr(type(args)(), f.name)}
-    merged = {f.name: saved.get(f.name, getattr(args, f.name)) for f in fields(args)}
-    merged.update(resume=args.resume, eval_only=args.eval_only)
-    for name in sorted((given - {"resume", "eval_only"}) & set(saved)):
-        new, old = getattr(args, name), saved[name]
-        if new != old and any(part in name for part in FIXED_ON_RESUME.split()):
+def saved_args(args_type: type, ckpt: dict) -> object:
+    return args_type(**{f.name: ckpt["args"][f.name] for f in fields(args_type) if f.name in ckpt["args"]})
+
+
+def parse_cli(args_type: type) -> tuple[object, Optional[dict]]:
+    """(Args, checkpoint): with --resume, parsed again over the checkpoint's arguments (the flags given override)."""
+    args = tyro.cli(args_type)
+    if not args.resume:
+        return args, None
+    ckpt = read_checkpoint(args.resume)
+    return tyro.cli(args_type, default=replace(saved_args(args_type, ckpt), resume=args.resume)), ckpt
+
+
+def resume(args: object, ckpt: Optional[dict]) -> tuple[object, Optional[dict]]:
+    """--resume: (args, checkpoint). From Python (no ckpt), the arguments that differ from Args' defaults override the
+    checkpoint's. FIXED_ON_RESUME cannot change (--eval-only may take another --seed)."""
+    if not args.resume:
+        return args, None
+    if ckpt is None:
+        ckpt, default = read_checkpoint(args.resume), asdict(type(args)())
+        args = replace(saved_args(type(args), ckpt), **{k: v for k, v in asdict(args).items() if v != default[k]})
+    for name, old in ckpt["args"].items():
+        if name in ("resume", "eval_only") or (new := getattr(args, name, old)) == old:
+            continue
+        if any(part in name for part in FIXED_ON_RESUME.split()) and not (name == "seed" and args.eval_only):
             raise UsageError(f"{flag(name)} {new} differs from the checkpoint's {old}; a resumed run keeps it")
-        if new != old:
-            print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
-            merged[name] = new
-    return type(args)(**merged)
+        print(f"notice: resuming with {flag(name)} {new} (the checkpoint had {old})")
+    return args, ckpt
 
 
-def check_writable(directory: str, what: str) -> None:
-    """Fail before training, not at the first checkpoint, when `directory` cannot take the run's files."""
-    existing = os.path.abspath(directory)  # it, or the folder it will be made in
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as e:
-        raise UsageError(f"cannot write to {what} {directory} ({e.strerror or e})") from None
-    if (free := shutil.disk_usage(existing).free) < 100 * 2**20:
-        raise UsageError(f"{what} {directory} is on a disk with only {free / 2**20:.0f} MiB free")
+def resume_run_dir(path: str, step: int) -> str:
+    """The checkpoint's folder, its log rows past `step` dropped; an older checkpoint than the run's is refused."""
+    run_dir = os.path.dirname(os.path.abspath(path))
+    for name in ("train.jsonl", "eval.jsonl"):
+        if os.path.exists(file := os.path.join(run_dir, name)):
+            with open(file) as f:
+                rows = [json.loads(line) for line in f]
+            if rows and rows[-1]["step"] > step and os.path.basename(path) != "model.pt":
+                raise UsageError(
+                    f"--resume {path} is at step {step} and its run went on to step {rows[-1]['step']}: to continue "
+                    "from it, copy it to a new folder and resume the copy (or resume the run's model.pt)"
+                )
+            with open(file, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
+    return run_dir
 
 
 def make_run_dir(output_dir: str, env_id: str, exp_name: str, seed: int) -> str:
     """output_dir/{env}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}, with -2, -3, ... for runs started in the same second."""
     base = os.path.join(output_dir, f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}")
-    for i in itertools.count(1):
-        try:
-            os.makedirs(path := base if i == 1 else f"{base}-{i}")
-            return path
-        except FileExistsError:
-            continue
-
-
-def append_jsonl(path: str, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def truncate_jsonl(path: str, max_step: int) -> None:
-    """On resume, keep the log rows up to the checkpoint's step; a partial line (a run killed mid-write) is dropped."""
-    if os.path.exists(path):
-        rows = []
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        with open(path, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= max_step)
+    i, path = 1, base
+    while os.path.exists(path):
+        i, path = i + 1, f"{base}-{i + 1}"
+    os.makedirs(path)
+    return path
 
 
 def seed_everything(args: object) -> torch.device:
@@ -895,8 +874,7 @@ def seed_everything(args: object) -> torch.device:
 
 
 def rng_state(device: torch.device) -> dict:
-    """The random streams; on CUDA the training device's generator alone (a resume may see fewer GPUs), and no CUDA
-    call at all for a CPU run, on a GPU host too."""
+    """The random streams: on CUDA the training device's only (a resume may see fewer GPUs); no CUDA call on CPU."""
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
@@ -910,24 +888,19 @@ def restore_rng(state: dict, device: torch.device) -> None:
 
 
 def save_checkpoint(path: str, step: int, agent: object, args: object, device: torch.device, **state: object) -> None:
-    """One schema for the four scripts: the script, step, agent, arguments, RNG states and the script's other state
-    (replay buffer, observation statistics, env). Written to path.tmp and renamed: never half a checkpoint."""
+    """One schema for the four scripts, plus each one's state; via path.tmp: never half a checkpoint."""
     state = {"algo": ALGO, "step": step, "agent": agent.state_dict(), "args": asdict(args), **state}
-    state["rng"] = rng_state(device)
-    try:
-        torch.save(state, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    finally:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
+    torch.save({**state, "rng": rng_state(device)}, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 class Progress:
-    """Gradient steps per second since the last log line, without evaluations, checkpoints and the first update
-    (torch.compile's compilation); one early line a minute into the run; Ctrl-C stops after the current step."""
+    """tqdm's bar (none when output is no terminal), updates/s per log interval without evaluations, checkpoints and
+    the first update (compilation); the first Ctrl-C stops after the current step, the second aborts."""
 
-    def __init__(self):
-        self.begin, self.printed, self.stop, self.first = time.time(), False, False, True
+    def __init__(self, total: int, initial: int):
+        self.bar = tqdm(total=total, initial=initial, disable=None, dynamic_ncols=True, leave=False)
+        self.stop, self.first = False, True
         self.reset()
         self.previous_handler = signal.signal(signal.SIGINT, self.interrupt)
 
@@ -936,31 +909,25 @@ class Progress:
             signal.signal(signal.SIGINT, self.previous_handler)
             raise KeyboardInterrupt
         self.stop = True
-        print("\nCtrl-C: stopping after this step (press it again to abort)", flush=True)
+        tqdm.write("Ctrl-C: stopping after this step (press it again to abort)")
 
     def reset(self) -> None:
         self.start, self.steps = time.time(), 0
 
-    def sps(self) -> float:
-        return self.steps / max(time.time() - self.start, 1e-9)
-
-    def step(self, where: str) -> None:
-        """Count one update; print `where` and the rate once if a minute has passed without a log line."""
-        if self.first:  # the first update, with torch.compile's compilation, is left out
+    def step(self, updated: bool = True) -> None:
+        self.bar.update()
+        if updated and self.first:
             self.first = False
             return self.reset()
-        self.steps += 1
-        if not self.printed and time.time() - self.begin > 60:
-            print(f"{where} SPS {self.sps():.2f} (the first log line comes at --log-interval)", flush=True)
-            self.printed = True
+        self.steps += updated
 
     def log(self) -> float:
-        """The rate for a log line, and a new interval."""
-        sps, self.printed = self.sps(), True
+        sps = self.steps / max(time.time() - self.start, 1e-9)
         self.reset()
         return sps
 
     def close(self, run_dir: str, checkpoint: Optional[str]) -> None:
+        self.bar.close()
         signal.signal(signal.SIGINT, self.previous_handler)
         if self.stop:
             saved = f"its checkpoint is {checkpoint}" if checkpoint else "no checkpoint (run with --save-model)"
@@ -968,13 +935,11 @@ class Progress:
 
 
 def summary(row: dict, keys: Iterable[str]) -> str:
-    """'key value | key value' for those of `keys` that the row has."""
     return " | ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
 
 
 class Logger:
-    """A run's rows: appended to run_dir/{kind}.jsonl (kind: train or eval), their numbers sent to W&B as {kind}/{key}
-    with --track (with the evaluation's video, if any), and printed as one line."""
+    """Rows to run_dir/{kind}.jsonl (train, eval), to W&B as {kind}/{key} with --track, and printed."""
 
     def __init__(self, run_dir: str, args: object):
         self.run_dir, self.wandb = run_dir, None
@@ -987,13 +952,14 @@ class Logger:
             self.wandb = wandb
 
     def log(self, kind: str, row: dict, line: str = "", video: str = "") -> None:
-        append_jsonl(os.path.join(self.run_dir, f"{kind}.jsonl"), row)
+        with open(os.path.join(self.run_dir, f"{kind}.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
         if self.wandb:
             media = {f"{kind}/video": self.wandb.Video(video)} if video else {}
             numbers = {f"{kind}/{k}": v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
             self.wandb.log({**numbers, **media}, step=row["step"])
         if line:
-            print(line, flush=True)
+            tqdm.write(line)
 
     def close(self) -> None:
         if self.wandb:
@@ -1011,31 +977,33 @@ def make_eval_envs(
     return gym.vector.AsyncVectorEnv([make_env] * max(1, min(workers, num_episodes)), context="fork")
 
 
-def evaluate(
-    act: Callable[[object], np.ndarray],
-    envs: gym.vector.VectorEnv,
-    num_episodes: int,
-    seed: int,
-    device: torch.device,
-    video: str = "",
-) -> dict:
-    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i, one batched policy call per step:
-    act(all observations) -> env actions [n, action_dim], or chunks [n, h, action_dim] run open-loop. An episode that
-    ends is masked out until its wave ends. Returns raw returns, lengths and, where the env reports info['success'],
-    whether it was reached at any step (D4RL's terminate-at-goal semantics). The policy's noise comes from a stream
-    seeded by `seed`; training's stream is left as it is. video: write the first episode there as mp4."""
+def take_rows(obs: object, rows: np.ndarray) -> object:
+    """obs[rows] for an array or a dict of them (a dict observation space)."""
+    return {k: take_rows(v, rows) for k, v in obs.items()} if isinstance(obs, dict) else obs[rows]
+
+
+def evaluate(act: Callable, envs: gym.vector.VectorEnv, num_episodes: int, seed: int, device: torch.device, video=""):
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i. act(every episode's observation;
+    a wave's at its rows, copies elsewhere) -> env actions [num_episodes, action_dim] or chunks [.., h, action_dim],
+    under the torch RNG seeded by (seed, call): the noise does not depend on --eval-workers, training's is untouched.
+    Returns raw returns, lengths and, where info has 'success', whether it was reached (D4RL's semantics); the first
+    episode as mp4 to `video`."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # the same noise for a checkpoint however it is reached (--eval-only)
         for start in range(0, num_episodes, n):
             obs, _ = envs.reset(seed=[seed + 10_000 + start + i for i in range(n)])
+            rows = np.clip(np.arange(num_episodes) - start, 0, n - 1)  # each episode's env in this wave
+            back = np.clip(np.arange(n) + start, 0, num_episodes - 1)  # each env's episode
             active = np.arange(n) < num_episodes - start  # the last wave may leave envs unused
-            count, recording = int(active.sum()), bool(video) and start == 0
+            count, recording, call = int(active.sum()), bool(video) and start == 0, 0
             ret, length, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.full(n, np.nan)
             frames += [envs.envs[0].render()] if recording else []
             while active.any():
-                for action in np.asarray(act(obs)).reshape(n, -1, *shape).swapaxes(0, 1):
+                torch.manual_seed(seed * 1_000_000 + call)
+                call += 1
+                actions = np.asarray(act(take_rows(obs, rows)))[back]
+                for action in actions.reshape(n, -1, *shape).swapaxes(0, 1):
                     obs, reward, terminated, truncated, info = envs.step(action)
                     frames += [envs.envs[0].render()] if recording and active[0] else []
                     ret += np.where(active, reward, 0.0)

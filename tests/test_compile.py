@@ -132,7 +132,7 @@ def test_compiled_optimisers_keep_their_learning_rate_tensors(algo):
 def test_a_resumed_run_keeps_its_compile_setting(algo):
     """A compiled run's optimisers hold their learning rates in tensors, which eager CUDA Adam refuses."""
     module = import_algo(algo)
-    saved = {f: getattr(module.Args(compile=True), f) for f in module.Args.__dataclass_fields__}
+    ckpt = {"args": {f: getattr(module.Args(compile=True), f) for f in module.Args.__dataclass_fields__}}
     with pytest.raises(module.UsageError, match="--compile False differs from the checkpoint's True"):
-        module.resume_args(module.Args(resume="x.pt"), saved, {"compile"})
-    assert module.resume_args(module.Args(resume="x.pt"), saved, set()).compile
+        module.resume(module.Args(resume="x.pt"), ckpt)  # --no-compile given on the command line
+    assert module.saved_args(module.Args, ckpt).compile  # not given: the checkpoint's

@@ -108,6 +108,24 @@ def test_evaluation_noise_is_seeded_and_leaves_the_training_stream_alone():
     assert not np.array_equal(first["episodic_return"], other["episodic_return"])
 
 
+@pytest.mark.parametrize("horizon", [1, 4])
+def test_evaluation_depends_on_the_seed_not_on_the_number_of_workers(horizon):
+    """The policy's noise is a function of (seed, episode, call within the episode): waves of any size draw it alike."""
+
+    def noisy(obs):  # [num_episodes, h, action_dim]: the policy sees every episode's row
+        assert obs.shape == (5, 1)
+        return np.repeat((policy(obs) + 0.3 * torch.randn(obs.shape).numpy())[:, None], horizon, axis=1)
+
+    results = []
+    for workers in (0, 1, 2, 4):
+        envs = mf.make_eval_envs(Walk, 5, workers)
+        results.append(mf.evaluate(noisy, envs, 5, seed=3, device=CPU))
+        envs.close()
+    for result in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(result[key], results[0][key], err_msg=key)
+
+
 def test_the_first_episode_is_recorded_frame_by_frame(tmp_path):
     pytest.importorskip("moviepy", reason="--capture-video needs moviepy (requirements-video.txt)")
     from moviepy import VideoFileClip
