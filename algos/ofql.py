@@ -92,8 +92,8 @@ class Args:
     time_emb_scale: float = 1.0  # t, r scaled before the embedding; DQL's x1000 makes du/dt, and the FBC loss, explode
     shared_time_mlp: bool = False  # one Linear-Mish-Linear branch for both t and r, not one each [reconstructed]
     ema_rho: float = 0.995  # EMA rate of the target policy, DQL's ema_decay [reconstructed]
-    ema_every: int = 5  # EMA period K of the target policy in gradient steps, DQL's update_ema_every [reconstructed]
-    ema_start: int = 1000  # the target policy stays at its init until this step, DQL's step_start_ema [reconstructed]
+    ema_every: Optional[int] = None  # EMA period K of the target policy; None = DQL's 5 scaled to the run (EMA_SCALE)
+    ema_start: Optional[int] = None  # the target policy stays at its init until this step; None = DQL's 1000, scaled
     critic_tau: Optional[float] = 0.005  # target critics' Polyak rate, every step (DQL); None = the policy's EMA
     q_normalizer: Literal["data", "policy"] = "data"  # E|Q| over dataset actions (Sec. 3.2) or a_pi (DQL's code)
     clip_in_actor_loss: bool = True  # clip the one-step action to [-1, 1] before Q in the actor loss [reconstructed]
@@ -132,13 +132,30 @@ EVAL_TEMPERATURES = (
 )
 
 
+# The target policy's EMA schedule [reconstructed: Alg. 1 names a period K and a rate rho, not their values]: DQL's
+# update_ema_every 5 and step_start_ema 1000 (agents/ql_diffusion.py) are for runs of 1M steps, where they are 0.1% of
+# the run. In a short run they are not: at 4k steps the target policy, which makes every TD target's next action, sits
+# at its initial map a ~ e (about random actions) for a quarter of the run and then lags about 1000 steps, so the
+# critic learns the value of a random policy (results/README.md "OFQL on suboptimal data"). None scales both with the
+# run, (start, period) = (DQL's) x min(1, total steps / EMA_SCALE): DQL's own from 1M steps on, (4, 1) at 4k.
+EMA_SCALE = 1_000_000
+DQL_EMA = dict(ema_start=1000, ema_every=5)
+
+
 def resolve_args(args: Args, dataset_id: str) -> Args:
-    """Fill None hyperparameters from FAMILY_DEFAULTS / EVAL_TEMPERATURES, else BASE_DEFAULTS."""
+    """Fill None hyperparameters from FAMILY_DEFAULTS / EVAL_TEMPERATURES, else BASE_DEFAULTS; the EMA schedule from
+    the run's length (DQL_EMA, EMA_SCALE)."""
     defaults = {**BASE_DEFAULTS, **FAMILY_DEFAULTS.get(dataset_family(dataset_id), {})}
     defaults["eval_temperature"] = next(
         (temp for key, temp in EVAL_TEMPERATURES if key in dataset_id), defaults["eval_temperature"]
     )
-    return Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
+    args = Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
+    fraction = min(1.0, (args.offline_steps + args.online_steps) / EMA_SCALE)
+    ema = {
+        "ema_start": round(DQL_EMA["ema_start"] * fraction),
+        "ema_every": max(1, round(DQL_EMA["ema_every"] * fraction)),
+    }
+    return Args(**{**asdict(args), **{k: v for k, v in ema.items() if getattr(args, k) is None}})
 
 
 def default_reward_transform(family: str) -> tuple[float, float]:

@@ -210,8 +210,9 @@ def tiny_agent(**overrides) -> tuple["ofql.Agent", dict[str, torch.Tensor]]:
 
 
 def test_dql_targets_critic_polyak_every_step_policy_ema_every_k_from_ema_start():
-    """DQL's agents/ql_diffusion.py: phi' <- tau phi + (1 - tau) phi' every step; theta' <- EMA every 5 from 1000."""
-    agent, batch = tiny_agent()
+    """DQL's agents/ql_diffusion.py: phi' <- tau phi + (1 - tau) phi' every step; theta' <- EMA every 5 from 1000
+    (here from 10)."""
+    agent, batch = tiny_agent(ema_every=5)
     policy0 = [p.clone() for p in agent.policy_target.parameters()]
     critic_prev = [p.clone() for p in agent.critic_target.parameters()]
     for _ in range(9):
@@ -225,7 +226,7 @@ def test_dql_targets_critic_polyak_every_step_policy_ema_every_k_from_ema_start(
         torch.testing.assert_close(p_tgt, 0.995 * p0 + 0.005 * p)
     lr = agent.policy_sched.get_last_lr()[0]
     assert math.isclose(lr, 3e-4 * 0.5 * (1 + math.cos(math.pi * 10 / 100)), rel_tol=1e-9)  # cosine to 0
-    agent, batch = tiny_agent(critic_tau=None)  # Alg. 1's single schedule: the critics move every K steps only
+    agent, batch = tiny_agent(critic_tau=None, ema_every=5)  # Alg. 1's single schedule: critics every K steps only
     critic0 = [p.clone() for p in agent.critic_target.parameters()]
     for _ in range(4):
         agent.update(batch)
@@ -233,6 +234,31 @@ def test_dql_targets_critic_polyak_every_step_policy_ema_every_k_from_ema_start(
     agent.update(batch)
     for p_tgt, p0, p in zip(agent.critic_target.parameters(), critic0, agent.critic.parameters()):
         torch.testing.assert_close(p_tgt, 0.995 * p0 + 0.005 * p)
+
+
+def test_target_policy_ema_schedule_scales_with_the_run_length():
+    """DQL's (step_start_ema, update_ema_every) = (1000, 5) at 1M steps and beyond, scaled down in shorter runs: at 4k
+    steps the target policy moves from step 4, every step, instead of sitting at its initial map for 1000 steps."""
+
+    def ema(**kw):
+        args = ofql.resolve_args(ofql.Args(**kw), "x/y-v0")
+        return args.ema_start, args.ema_every
+
+    assert ema(offline_steps=1_000_000) == ema(offline_steps=2_000_000) == (1000, 5)
+    assert ema(offline_steps=4000) == (4, 1)
+    assert ema(offline_steps=100_000, online_steps=100_000) == (200, 1)
+    assert ema(offline_steps=500_000) == (500, 2)  # 2.5 rounds to even
+    assert ema(offline_steps=4000, ema_start=1000, ema_every=5) == (1000, 5)  # explicit values are kept
+    assert ofql.resolve_args(ofql.Args(), "D4RL/antmaze/large-play-v1").ema_start == 1000  # the paper's 1M steps
+
+    args = ofql.Args(hidden_dim=8, time_emb_dim=8, offline_steps=4000)
+    agent = ofql.Agent(3, 2, ofql.resolve_args(args, "x/y-v0"), torch.device("cpu"))
+    _, batch = tiny_agent()
+    policy0 = [p.clone() for p in agent.policy_target.parameters()]
+    for _ in range(4):
+        agent.update(batch)
+    # at DQL's unscaled (1000, 5) the target policy would still be its initialisation here
+    assert not all(torch.equal(p, p0) for p, p0 in zip(agent.policy_target.parameters(), policy0))
 
 
 def test_q_term_is_normalised_by_mean_abs_q_on_dataset_actions():
