@@ -474,12 +474,14 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
     """ckpt: the checkpoint of --resume that parse_cli read (None: main reads it; see `resume`)."""
     args, ckpt = resume(args, ckpt)
     check_args(args)
+    if args.save_dataset:
+        check_dataset_id(args.save_dataset)
     if ckpt is not None and ckpt["step"] >= args.total_timesteps and not args.eval_only:
+        if args.save_dataset:  # a finished run: its dataset from the checkpoint's replay buffer
+            return write_dataset(args, ckpt["buffer"], ckpt["step"])
         print(f"{args.resume}: the run finished at step {ckpt['step']} of {args.total_timesteps}; nothing to do")
         return
     run_dir = resume_run_dir(args.resume, ckpt["step"]) if ckpt is not None and not args.eval_only else None
-    if args.save_dataset:
-        check_dataset_id(args.save_dataset)
     device = seed_everything(args)
 
     def make(**kwargs) -> gym.Env:  # the env of --env-id (kwargs: render_mode)
@@ -603,9 +605,10 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
 
     if progress.stop and args.save_model:  # Ctrl-C: a last checkpoint, at the step reached
         save()
-    if args.save_dataset and not progress.stop:
-        save_minari_dataset(args.save_dataset, {k: v.numpy() for k, v in buffer.state_dict().items()}, env, args)
-        print(f"wrote the replay buffer ({buffer.size} transitions) as Minari dataset {args.save_dataset}")
+    if args.save_dataset and not progress.stop:  # the checkpoint first: the dataset is never the only copy
+        if not args.save_model:
+            save()
+        write_dataset(args, buffer.state_dict(), global_step, os.path.join(run_dir, "model.pt"))
     env.close()
     eval_envs.close()
     logger.close()
@@ -703,6 +706,21 @@ def check_dataset_id(dataset_id: str) -> None:
             f"--save-dataset {dataset_id} already exists at {get_dataset_path(dataset_id)}; choose another id or "
             f"version, delete it (minari delete {dataset_id}), or set MINARI_DATASETS_PATH elsewhere."
         )
+
+
+def write_dataset(args: Args, buffer: dict[str, torch.Tensor], step: int, checkpoint: Optional[str] = None) -> None:
+    """--save-dataset from a replay buffer's state; when the id was taken meanwhile (another run), say how to write it
+    from the run's checkpoint."""
+    env = make_env(args.env_id)
+    try:
+        save_minari_dataset(args.save_dataset, {k: v.numpy() for k, v in buffer.items()}, env, args)
+    except ValueError as e:
+        checkpoint = checkpoint or args.resume
+        raise ConfigError(f"--save-dataset: {e}; write it from the checkpoint with --resume {checkpoint} "
+                          "--save-dataset ANOTHER_ID") from None  # fmt: skip
+    finally:
+        env.close()
+    print(f"wrote the replay buffer of step {step} ({len(buffer['rewards'])} transitions) as {args.save_dataset}")
 
 
 def save_minari_dataset(dataset_id: str, data: dict[str, np.ndarray], env: gym.Env, args: Args) -> None:

@@ -344,6 +344,15 @@ def test_save_dataset_round_trip(tmp_path, monkeypatch):
     # the same id again is refused before training
     with pytest.raises(som.ConfigError, match="already exists"):
         som.check_dataset_id(dataset_id)
+    # two runs given the same id both pass that check: the second one's run is saved before the dataset is written,
+    # and the finished run writes its dataset under another id from its checkpoint
+    monkeypatch.setattr(som, "check_dataset_id", lambda dataset_id: None)
+    args = dict(env_id="InvertedPendulum-v5", total_timesteps=30, learning_starts=20, eval_episodes=0, cuda=False)
+    with pytest.raises(som.ConfigError, match=r"--resume .*model\.pt --save-dataset ANOTHER_ID"):
+        som.main(som.Args(**args, **TINY, save_dataset=dataset_id, exp_name="clash"))
+    (checkpoint,) = (tmp_path / "runs").glob("*__clash__*/model.pt")
+    som.main(som.Args(resume=str(checkpoint), save_dataset="test/som-pendulum-v1"))
+    assert minari.load_dataset("test/som-pendulum-v1").total_steps == 30
 
 
 def test_bad_input_gives_a_clear_error_without_traceback(tmp_path):
