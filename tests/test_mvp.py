@@ -340,5 +340,5 @@ def test_bad_input_exits_with_a_message_and_no_traceback(tmp_path):
     proc = run_script([SCRIPT, "--env-id", "cube-triple-play-singletask-task2-v0", "--dataset-dir", str(tmp_path)],
                       cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "OGBench dataset 'cube-triple-play-v0'" in proc.stderr and "make_ogbench_dataset.py" in proc.stderr
+    assert "OGBench dataset 'cube-triple-play-v0'" in proc.stderr and "README.md, section 'Datasets'" in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing is written before the data loads
