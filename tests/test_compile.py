@@ -6,6 +6,7 @@ random numbers so that the two runs draw the same noise. A compiled run resumed 
 
 import functools
 import io
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_inductor_update_matches_eager(monkeypatch):
     torch.testing.assert_close(compiled[:2], eager[:2], rtol=1e-4, atol=1e-5)
 
 
-def jvp_loss(algo: str) -> tuple[torch.nn.Module, callable]:
+def jvp_loss(algo: str) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
     """A tiny actor of the script and a function of it computing its MeanFlow loss, whose du/dt comes from a JVP."""
     module, (obs, noise, t) = import_algo(algo), (torch.randn(8, d) for d in (5, 6, 1))
     actions, r = torch.rand(8, 6) * 2 - 1, t * torch.rand(8, 1)

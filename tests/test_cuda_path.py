@@ -2,6 +2,8 @@
 workers fork before anything could touch CUDA, and a checkpoint's CUDA generator state is the training device's alone
 (a resume may see fewer GPUs). What only a GPU can decide is checked by `bash benchmark.sh gpu`."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from conftest import import_algo
@@ -45,7 +47,7 @@ def test_a_cpu_run_on_a_gpu_host_makes_no_cuda_call_and_forks_its_eval_workers_f
     monkeypatch.chdir(tmp_path)
     a_gpu_host_whose_cuda_must_not_be_called(monkeypatch)
 
-    def recorded(name: str, make: type) -> type:
+    def recorded(name: str, make: Callable) -> Callable:
         return lambda *a, **kw: events.append(name) or make(*a, **kw)
 
     monkeypatch.setattr(module, "make_eval_envs", recorded("eval workers", module.make_eval_envs))
