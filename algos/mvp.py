@@ -351,7 +351,7 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
     if ckpt is not None and ckpt["step"] >= total_steps and not args.eval_only:
         print(f"{args.resume}: the run finished at step {ckpt['step']} of {total_steps}; nothing to do")
         return
-    run_dir = resume_run_dir(args.resume, ckpt["step"]) if ckpt is not None and not args.eval_only else None
+    run_dir = resume_run_dir(args, ckpt["step"]) if ckpt is not None and not args.eval_only else None
     device = seed_everything(args)
 
     default_bias = -1.0 if dataset_family(dataset_id) == "antmaze" else 0.0  # AntMaze rewards r - 1, as in FQL
@@ -385,7 +385,7 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
                 split[k] = (split[k] - obs_stats["mean"]) / obs_stats["std"]
         buffer = ReplayBuffer(data, capacity=len(data["rewards"]) + args.online_steps, device=device)
         val_buffer = ReplayBuffer(task.val_data, len(task.val_data["rewards"]), device) if task.val_data else None
-    obs_dim, action_dim = len(obs_stats["mean"]), len(task.action_low)
+    obs_dim, action_dim = len(obs_stats["mean"]), len(task.action_half)
     agent = Agent(obs_dim, action_dim, args, device)
     step = 0
     if ckpt is not None:
@@ -401,7 +401,7 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
 
     def evaluation(step: int, run_dir: str) -> dict:
         """One evaluation, printed; its eval.jsonl row (normalized_score where the dataset has reference scores)."""
-        video = video_file(run_dir, step) if args.capture_video else ""
+        video = video_file(args, run_dir, step)
         act = lambda o: task.env_action(act_chunk(o))  # noqa: E731
         result = evaluate(act, eval_envs, args.eval_episodes, args.seed, device, video)
         row = {"step": step, **{k: float(v.mean()) for k, v in result.items()}}
@@ -419,7 +419,7 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
             buffer.data["dones"][buffer.size - 1] = 1.0
         restore_rng(ckpt["rng"], device)
     else:
-        run_dir = make_run_dir(args.output_dir, args.env_id, args.exp_name, args.seed)
+        run_dir = make_run_dir(args)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({**asdict(args), "dataset_id": dataset_id, "device": str(device)}, f, indent=2)
     logger = Logger(run_dir, args)
@@ -495,7 +495,7 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
         if step % args.eval_interval == 0 or step == total_steps:
             if args.eval_episodes > 0:
                 last_eval = evaluation(step, run_dir)
-                logger.log("eval", last_eval, video=video_file(run_dir, step) if args.capture_video else "")
+                logger.log("eval", last_eval, video=video_file(args, run_dir, step))
             if args.save_model:
                 save()
                 if args.save_every_eval:
@@ -564,8 +564,7 @@ class Task:
     make_env: Callable[..., gym.Env]  # kwargs go to gym.make (render_mode)
     flatten_obs: Callable[[object], np.ndarray]
     normalized_score: Optional[Callable[[np.ndarray], np.ndarray]]
-    action_low: Optional[np.ndarray] = None  # the env's action bounds as centre + [-1, 1] * half (set by load_dataset)
-    action_mid: Optional[np.ndarray] = None
+    action_mid: Optional[np.ndarray] = None  # the env's action bounds as mid + [-1, 1] * half (set by load_dataset)
     action_half: Optional[np.ndarray] = None
     reward_scale: float = 1.0  # rewards (r + reward_bias) * reward_scale, offline and online
     reward_bias: float = 0.0
@@ -601,7 +600,7 @@ def load_dataset(
     if not (isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all() and np.isfinite(space.high).all()):
         raise DatasetError(f"'{dataset_id}': the env's action space {space} is not a bounded Box")
     low, high = space.low.astype(np.float32), space.high.astype(np.float32)
-    task.action_low, task.action_mid, task.action_half = low, (high + low) / 2, (high - low) / 2
+    task.action_mid, task.action_half = (high + low) / 2, (high - low) / 2
     expected = {"observations": task.flatten_obs(env.observation_space.sample()).shape, "actions": space.shape}
     env.close()
     for split, data in (("", task.data), (" (validation split)", task.val_data)):
@@ -813,7 +812,7 @@ class UsageError(Exception):
 
 
 NONNEGATIVE = set("seed online_steps online_start_steps eval_episodes eval_workers learning_starts ema_start".split())
-# flags (or parts of their names) a resumed run cannot change: the task, the network shapes, --compile (whose
+# what a resumed run cannot change (flags, or parts of their names): the task, the network shapes, --compile (its
 # optimisers keep their learning rates in tensors) and --seed (the random streams come from the checkpoint)
 FIXED_ON_RESUME = "env_id antmaze_goal normalize_obs horizon hidden layers depth mlp_ratio num_critics time_emb"
 FIXED_ON_RESUME += " shared_time_mlp compile seed"
@@ -826,21 +825,20 @@ def flag(name: str) -> str:
 def check_args(args: object) -> None:
     """All arguments at once, right after parsing: counts >= 1 (or >= 0), finite floats, rates and ratios in range."""
     errors = []
-    for f in fields(args):
-        value = getattr(args, f.name)
+    for name, value in asdict(args).items():
         for v in value if isinstance(value, tuple) else (value,):
-            if isinstance(v, bool) or v is None:
+            if isinstance(v, int) and not isinstance(v, bool) and v < (low := int(name not in NONNEGATIVE)):
+                errors.append(f"{flag(name)} must be >= {low} (got {v})")
+            elif not isinstance(v, float):
                 continue
-            if isinstance(v, int) and v < (low := 0 if f.name in NONNEGATIVE else 1):
-                errors.append(f"{flag(f.name)} must be >= {low} (got {v})")
-            elif isinstance(v, float) and not math.isfinite(v):
-                errors.append(f"{flag(f.name)} must be a finite number (got {v})")
-            elif isinstance(v, float) and (f.name.endswith("lr") or f.name == "grad_clip") and v <= 0:
-                errors.append(f"{flag(f.name)} must be > 0 (got {v})")
-            elif isinstance(v, float) and f.name in ("discount", "tau") and not 0 < v <= 1:
-                errors.append(f"{flag(f.name)} must be in (0, 1] (got {v})")
-            elif isinstance(v, float) and (f.name.endswith("_ratio") or f.name == "ema_rho") and not 0 <= v <= 1:
-                errors.append(f"{flag(f.name)} must be in [0, 1] (got {v})")
+            elif not math.isfinite(v):
+                errors.append(f"{flag(name)} must be a finite number (got {v})")
+            elif (name.endswith("lr") or name == "grad_clip") and v <= 0:
+                errors.append(f"{flag(name)} must be > 0 (got {v})")
+            elif name in ("discount", "tau") and not 0 < v <= 1:
+                errors.append(f"{flag(name)} must be in (0, 1] (got {v})")
+            elif (name.endswith("_ratio") or name == "ema_rho") and not 0 <= v <= 1:
+                errors.append(f"{flag(name)} must be in [0, 1] (got {v})")
     if args.eval_only and not args.resume:
         errors.append("--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt")
     if args.eval_only and args.eval_episodes == 0:
@@ -849,7 +847,7 @@ def check_args(args: object) -> None:
         errors.append("--capture-video renders in this process: use it with --eval-workers 0")
     if args.save_every_eval and not args.save_model:
         errors.append("--save-every-eval keeps the checkpoints of --save-model: give both")
-    if args.exp_name in ("", ".", "..") or "/" in args.exp_name or os.sep in args.exp_name:
+    if args.exp_name in ("", ".", "..") or os.path.basename(args.exp_name) != args.exp_name:
         errors.append(f"--exp-name must be one path component, without '/' (got {args.exp_name!r})")
     if errors:
         raise UsageError("; ".join(errors))
@@ -896,31 +894,32 @@ def resume(args: object, ckpt: Optional[dict]) -> tuple[object, Optional[dict]]:
     return args, ckpt
 
 
-def resume_run_dir(path: str, step: int) -> str:
+def make_run_dir(args: object) -> str:
+    """{output_dir}/{env}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}, with -2, -3, ... for runs started in one second."""
+    name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    base = path = os.path.join(args.output_dir, name)
+    for i in range(2, 10_000):
+        if not os.path.exists(path):
+            break
+        path = f"{base}-{i}"
+    os.makedirs(path)
+    return path
+
+
+def resume_run_dir(args: object, step: int) -> str:
     """The checkpoint's folder, its log rows past `step` dropped; an older checkpoint than the run's is refused."""
-    run_dir = os.path.dirname(os.path.abspath(path))
-    for name in ("train.jsonl", "eval.jsonl"):
-        if os.path.exists(file := os.path.join(run_dir, name)):
-            with open(file) as f:
-                rows = [json.loads(line) for line in f]
-            if rows and rows[-1]["step"] > step and os.path.basename(path) != "model.pt":
-                raise UsageError(
-                    f"--resume {path} is at step {step} and its run went on to step {rows[-1]['step']}: to continue "
-                    "from it, copy it to a new folder and resume the copy (or resume the run's model.pt)"
-                )
+    run_dir = os.path.dirname(os.path.abspath(args.resume))
+    for file in (os.path.join(run_dir, f"{kind}.jsonl") for kind in ("train", "eval")):
+        rows = [json.loads(line) for line in open(file)] if os.path.exists(file) else []
+        if rows and rows[-1]["step"] > step and os.path.basename(args.resume) != "model.pt":
+            raise UsageError(
+                f"--resume {args.resume} is at step {step} and its run went on to step {rows[-1]['step']}: to continue "
+                "from it, copy it to a new folder and resume the copy (or resume the run's model.pt)"
+            )
+        if rows:
             with open(file, "w") as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
     return run_dir
-
-
-def make_run_dir(output_dir: str, env_id: str, exp_name: str, seed: int) -> str:
-    """output_dir/{env}__{exp_name}__{seed}__{YYYYmmdd-HHMMSS}, with -2, -3, ... for runs started in the same second."""
-    base = os.path.join(output_dir, f"{env_id.replace('/', '-')}__{exp_name}__{seed}__{time.strftime('%Y%m%d-%H%M%S')}")
-    i, path = 1, base
-    while os.path.exists(path):
-        i, path = i + 1, f"{base}-{i + 1}"
-    os.makedirs(path)
-    return path
 
 
 def seed_everything(args: object) -> torch.device:
@@ -957,34 +956,32 @@ def save_checkpoint(path: str, step: int, agent: object, args: object, device: t
 
 
 class Progress:
-    """tqdm's bar (none when output is no terminal), updates/s per log interval without evaluations, checkpoints and
-    the first update (compilation); the first Ctrl-C stops after the current step, the second aborts."""
+    """tqdm's bar (none when output is no terminal) and the updates/s of each log interval, without evaluations,
+    checkpoints and the first update (compilation); the first Ctrl-C stops after the current step, the second aborts."""
 
     def __init__(self, total: int, initial: int):
         self.bar = tqdm(total=total, initial=initial, disable=None, dynamic_ncols=True, leave=False)
-        self.stop, self.first = False, True
-        self.reset()
-        self.previous_handler = signal.signal(signal.SIGINT, self.interrupt)
+        self.stop, self.previous_handler = False, signal.signal(signal.SIGINT, self.interrupt)
+        self.reset(updates=-1)  # -1: the clock restarts after the first update
 
     def interrupt(self, signum: int, frame: object) -> None:
-        if self.stop:  # a second Ctrl-C aborts at once
+        if self.stop:
             signal.signal(signal.SIGINT, self.previous_handler)
             raise KeyboardInterrupt
         self.stop = True
         tqdm.write("Ctrl-C: stopping after this step (press it again to abort)")
 
-    def reset(self) -> None:
-        self.start, self.steps = time.time(), 0
+    def reset(self, updates: int = 0) -> None:
+        self.start, self.updates = time.time(), updates
 
     def step(self, updated: bool = True) -> None:
         self.bar.update()
-        if updated and self.first:
-            self.first = False
-            return self.reset()
-        self.steps += updated
+        self.updates += updated
+        if updated and self.updates == 0:
+            self.start = time.time()
 
     def log(self) -> float:
-        sps = self.steps / max(time.time() - self.start, 1e-9)
+        sps = max(self.updates, 0) / max(time.time() - self.start, 1e-9)
         self.reset()
         return sps
 
@@ -1040,16 +1037,14 @@ def make_eval_envs(
 
 
 def take_rows(obs: object, rows: np.ndarray) -> object:
-    """obs[rows] for an array or a dict of them (a dict observation space)."""
     return {k: take_rows(v, rows) for k, v in obs.items()} if isinstance(obs, dict) else obs[rows]
 
 
 def evaluate(act: Callable, envs: gym.vector.VectorEnv, num_episodes: int, seed: int, device: torch.device, video=""):
-    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i. act(every episode's observation;
-    a wave's at its rows, copies elsewhere) -> env actions [num_episodes, action_dim] or chunks [.., h, action_dim],
-    under the torch RNG seeded by (seed, call): the noise does not depend on --eval-workers, training's is untouched.
-    Returns raw returns, lengths and, where info has 'success', whether it was reached (D4RL's semantics); the first
-    episode as mp4 to `video`."""
+    """Full episodes, envs.num_envs at a time, episode i seeded seed + 10_000 + i. act(every episode's observation)
+    -> env actions [num_episodes, action_dim] or chunks [.., h, action_dim], under the torch RNG seeded by (seed, call):
+    the same noise whatever --eval-workers, training's stream untouched. Returns raw returns, lengths and, where info
+    has 'success', whether it was reached (D4RL's semantics); the first episode as mp4 to `video`."""
     n, shape = envs.num_envs, envs.single_action_space.shape
     returns, lengths, successes, frames = [], [], [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -1082,18 +1077,17 @@ def evaluate(act: Callable, envs: gym.vector.VectorEnv, num_episodes: int, seed:
         from moviepy import ImageSequenceClip
 
         os.makedirs(os.path.dirname(video), exist_ok=True)
-        fps = envs.envs[0].metadata.get("render_fps", 30)
-        ImageSequenceClip(frames, fps=fps).write_videofile(video, logger=None)
+        ImageSequenceClip(frames, fps=envs.envs[0].metadata.get("render_fps", 30)).write_videofile(video, logger=None)
     out = {"episodic_return": np.array(returns), "episodic_length": np.array(lengths)}
     return {**out, "success_rate": np.array(successes)} if successes else out
 
 
-def video_file(run_dir: str, step: int) -> str:
-    return os.path.join(run_dir, "videos", f"eval_{step}.mp4")
+def video_file(args: object, run_dir: str, step: int) -> str:
+    return os.path.join(run_dir, "videos", f"eval_{step}.mp4") if args.capture_video else ""
 
 
 def check_video(make_env: Callable[..., gym.Env]) -> None:
-    """--capture-video: fail before training where videos cannot be written or the env cannot render offscreen."""
+    """--capture-video: fail before training where moviepy is missing or the env cannot render offscreen."""
     try:
         import moviepy  # noqa: F401
     except ImportError:
@@ -1101,31 +1095,27 @@ def check_video(make_env: Callable[..., gym.Env]) -> None:
     try:
         env = make_env(render_mode="rgb_array")
         env.reset(seed=0)
-        frame = env.render()
+        env.render()
         env.close()
     except Exception as e:
         raise UsageError(
             f"--capture-video: the env cannot render here ({type(e).__name__}: {str(e)[:200]}). Without a display, "
             "MuJoCo renders with MUJOCO_GL=egl (a GPU) or MUJOCO_GL=osmesa (the CPU; apt install libosmesa6)"
         ) from None
-    if not isinstance(frame, np.ndarray):
-        raise UsageError(f"--capture-video: the env's render() gave {type(frame).__name__}, not an rgb_array frame")
 
 
 def write_eval_summary(checkpoint: str, row: dict, args: object) -> None:
     """--eval-only: the evaluation's summary next to the checkpoint, as {checkpoint}_eval.json."""
-    path = os.path.splitext(checkpoint)[0] + "_eval.json"
-    with open(path, "w") as f:
-        out = {"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes}
-        json.dump({**out, "seed": args.seed}, f, indent=2)
+    with open(path := os.path.splitext(checkpoint)[0] + "_eval.json", "w") as f:
+        json.dump({"checkpoint": os.path.abspath(checkpoint), **row, "eval_episodes": args.eval_episodes,
+                   "seed": args.seed}, f, indent=2)  # fmt: skip
     print(f"wrote {path}")
 
 
 def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.device) -> torch.optim.Adam:
-    """Adam; under --compile its learning rate is a float64 tensor on the training device, so that moving it does not
-    recompile the step. The compiled step divides by it (a zero gradient at lr 0 gives NaN): no schedule here is at 0
-    while it trains. load_state_dict puts the checkpoint's own lr in place (a CPU tensor, read as a host number that
-    CUDA graphs freeze): a hook copies its value into this tensor and keeps it there."""
+    """Adam; under --compile its learning rate is a float64 tensor on the training device, so that a schedule does not
+    recompile the step (no schedule here is at 0 while it trains: the compiled step divides by it). A post-hook keeps
+    that tensor in place when load_state_dict brings the checkpoint's lr (a host number, which CUDA graphs freeze)."""
     if not args.compile:
         return torch.optim.Adam(params, lr=lr)
     opt = torch.optim.Adam(params, lr=torch.tensor(lr, dtype=torch.float64, device=device))
@@ -1140,9 +1130,8 @@ def adam(params: Iterable[nn.Parameter], lr: float, args: object, device: torch.
 
 
 def compile_update(train_step: Callable[..., torch.Tensor], args: object, device: torch.device) -> Callable:
-    """--compile: the whole gradient step (losses, backward, clipping, optimiser steps, target update) through
-    torch.compile; on CUDA in mode reduce-overhead, replayed as CUDA graphs. Its metrics are copied: a CUDA graph
-    overwrites its outputs at the next replay."""
+    """--compile: the whole gradient step through torch.compile (on CUDA, mode reduce-overhead: CUDA graphs); its
+    metrics are copied, as a CUDA graph overwrites its outputs at the next replay."""
     if not args.compile:
         return train_step
     compiled = torch.compile(train_step, mode="reduce-overhead" if device.type == "cuda" else None)

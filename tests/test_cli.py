@@ -91,7 +91,10 @@ def finished_run(minari_root, tmp_path_factory) -> dict:
 
 def test_run_names_are_unique_and_sortable(finished_run, tmp_path):
     assert re.fullmatch(r"antmaze-umaze__meanflowql__1__\d{8}-\d{6}", finished_run["run_dir"].name)
-    dirs = [mfql.make_run_dir(str(tmp_path / "out"), "D4RL/antmaze/umaze-v1", "x", 1) for _ in range(3)]
+    dirs = [
+        mfql.make_run_dir(mfql.Args(output_dir=str(tmp_path / "out"), env_id="D4RL/antmaze/umaze-v1", exp_name="x"))
+        for _ in range(3)
+    ]
     assert len(set(dirs)) == 3 and all(os.path.isdir(d) for d in dirs)
     assert dirs[1] == dirs[0] + "-2" and dirs[2] == dirs[0] + "-3" and sorted(dirs) == dirs
 
@@ -134,9 +137,9 @@ def test_an_older_checkpoint_of_a_run_that_went_further_is_refused(tmp_path):
     with pytest.raises(
         mfql.UsageError, match="is at step 10 and its run went on to step 20: to continue from it, copy"
     ):
-        mfql.resume_run_dir(str(tmp_path / "model_10.pt"), 10)
+        mfql.resume_run_dir(mfql.Args(resume=str(tmp_path / "model_10.pt")), 10)
     assert (tmp_path / "train.jsonl").read_text() == log  # left alone
-    assert mfql.resume_run_dir(str(tmp_path / "model.pt"), 15) == str(tmp_path)
+    assert mfql.resume_run_dir(mfql.Args(resume=str(tmp_path / "model.pt")), 15) == str(tmp_path)
     assert [row["step"] for row in read_jsonl(tmp_path / "train.jsonl")] == [5, 10, 15]
 
 
