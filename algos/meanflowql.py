@@ -4,6 +4,7 @@
 #
 # Time convention: t=0 is data, t=1 is noise, start time r fixed at 0. The actor predicts the *residual*
 # g(s, z, t) = z - u(z, 0, t) and acts in one step with a = clip(g(s, e, 1)), e ~ N(0, I).
+import copy
 import json
 import math
 import os
@@ -375,11 +376,7 @@ class Agent:
         self.critic = CriticEnsemble(obs_dim, action_dim, args.critic_hidden_dim, args.critic_layers, args.num_critics)
         self.actor.to(device)
         self.critic.to(device)
-        self.critic_target = CriticEnsemble(
-            obs_dim, action_dim, args.critic_hidden_dim, args.critic_layers, args.num_critics
-        ).to(device)
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        self.critic_target.requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         # two parameter groups, each with its own clip and Adam
         self.actor_opt = adam(self.actor.parameters(), args.actor_lr, args, device)
         self.critic_opt = adam(self.critic.parameters(), args.critic_lr, args, device)

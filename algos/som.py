@@ -10,6 +10,7 @@
 # secondary's (algos/README.md "SOM").
 # Time (MeanFlow / VP-SDE): t=0 is the action, t=1 is noise, r <= t. The actor predicts the average velocity
 # u(a_t, r, t, s) of the PF-ODE flow and acts in one step, a = squash(e - u(e, 0, 1, s)), e ~ N(0, I).
+import copy
 import json
 import math
 import os
@@ -371,9 +372,7 @@ class Agent:
         self.args, self.action_dim = args, action_dim
         self.actor = MeanFlowActor(obs_dim, action_dim, args.hidden_dims).to(device)
         self.critic = TwinCritic(obs_dim, action_dim, args.critic_hidden_dims).to(device)
-        self.critic_target = TwinCritic(obs_dim, action_dim, args.critic_hidden_dims).to(device)
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        self.critic_target.requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = adam(self.actor.parameters(), args.actor_lr, args, device)
         self.critic_opt = adam(self.critic.parameters(), args.critic_lr, args, device)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, self.actor_lr_factor)
