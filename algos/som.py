@@ -617,22 +617,23 @@ def main(args: Args, ckpt: Optional[dict] = None) -> None:
 # ======================================================================================================================
 # PLUMBING (TRY NOT TO MODIFY): environment, replay buffer, --save-dataset, arguments, checkpoints, logging, evaluation
 # ======================================================================================================================
+warnings.filterwarnings("ignore", message=".*is out of date.*")  # gymnasium on -v4 ids, the paper's suite
+
+
 class ConfigError(Exception):
     """An expected, user-fixable problem (unknown --env-id, unusable --save-dataset id); printed without a traceback."""
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
     """gym.make (kwargs: e.g. render_mode), checked for Box observations and a bounded Box action space."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is out of date.*")  # -v4 is the paper's suite
-        try:
-            env = gym.make(env_id, **kwargs)
-        except gym.error.Error as e:
-            raise ConfigError(
-                f"cannot make --env-id '{env_id}' ({type(e).__name__}: {e}). Use a Gymnasium id with continuous "
-                "observations and actions, e.g. HalfCheetah-v4, Hopper-v4, Walker2d-v4, Ant-v4, Humanoid-v4 (the "
-                "paper's suite) or InvertedPendulum-v5."
-            ) from None
+    try:
+        env = gym.make(env_id, **kwargs)
+    except gym.error.Error as e:
+        raise ConfigError(
+            f"cannot make --env-id '{env_id}' ({type(e).__name__}: {e}). Use a Gymnasium id with continuous "
+            "observations and actions, e.g. HalfCheetah-v4, Hopper-v4, Walker2d-v4, Ant-v4, Humanoid-v4 (the "
+            "paper's suite) or InvertedPendulum-v5."
+        ) from None
     obs_space, act_space = env.observation_space, env.action_space
     boxes = isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
     if not (boxes and np.isfinite(act_space.low).all() and np.isfinite(act_space.high).all()):
@@ -745,18 +746,16 @@ def save_minari_dataset(dataset_id: str, data: dict[str, np.ndarray], env: gym.E
             truncations=truncations, infos={},
         ))  # fmt: skip
         start = end
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is out of date.*")
-        minari.create_dataset_from_buffers(
-            dataset_id=dataset_id, buffer=episodes, env=args.env_id, eval_env=args.env_id,
-            algorithm_name="SOM replay buffer (meanflow-rl algos/som.py)", author="meanflow-rl (algos/som.py)",
-            author_email="n/a (locally generated)", code_permalink="meanflow-rl: algos/som.py",
-            description=(
-                f"Replay buffer of one SOM run on {args.env_id} (seed {args.seed}): {n} transitions in {len(episodes)} "
-                f"episodes, the first {args.learning_starts} with uniform-random actions, then Best-of-N actions with "
-                "exploration noise. The last episode may be unfinished (marked truncated). No reference scores."
-            ),
-        )  # fmt: skip
+    minari.create_dataset_from_buffers(
+        dataset_id=dataset_id, buffer=episodes, env=args.env_id, eval_env=args.env_id,
+        algorithm_name="SOM replay buffer (meanflow-rl algos/som.py)", author="meanflow-rl (algos/som.py)",
+        author_email="n/a (locally generated)", code_permalink="meanflow-rl: algos/som.py",
+        description=(
+            f"Replay buffer of one SOM run on {args.env_id} (seed {args.seed}): {n} transitions in {len(episodes)} "
+            f"episodes, the first {args.learning_starts} with uniform-random actions, then Best-of-N actions with "
+            "exploration noise. The last episode may be unfinished (marked truncated). No reference scores."
+        ),
+    )  # fmt: skip
 
 
 # --- shared run plumbing: identical in the four scripts (tests/test_cli.py checks it) ---
