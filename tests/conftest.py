@@ -42,6 +42,13 @@ def run_script(args: list[str], cwd: Path, env: dict | None = None, timeout: int
     return proc
 
 
+def run_cli(module: ModuleType, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run an algos/ script in-process as `python <script> <argv>` would (parse_cli, then main), without the start-up
+    of a new interpreter: for tests about what a run does rather than about its exit status or messages."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *argv])
+    module.main(*module.parse_cli(module.Args))
+
+
 def four_mode_data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n 2-D actions from 4 well-separated Gaussians (std 0.05), and the 4 centres: the expressivity toy."""
     centers = torch.tensor([[0.5, 0.5], [-0.5, 0.5], [0.5, -0.5], [-0.5, -0.5]])
