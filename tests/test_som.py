@@ -13,7 +13,7 @@ import minari
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, import_algo, read_jsonl, run_script
+from conftest import ROOT, import_algo, read_jsonl, run_cli, run_script
 
 som = import_algo("som")
 SCRIPT = str(ROOT / "algos" / "som.py")
@@ -230,14 +230,11 @@ def test_a_compiled_run_never_trains_at_actor_lr_zero():
         assert agent.actor_lr_factor(1_000_000) == floor and agent.actor_lr_factor(50_000) == pytest.approx(0.5)
 
 
-def test_cli_smoke_on_inverted_pendulum(tmp_path):
-    proc = run_script(
-        [SCRIPT, "--env-id", "InvertedPendulum-v5", "--total-timesteps", "300", "--learning-starts", "100",
-         "--eval-interval", "150", "--eval-episodes", "1", "--log-interval", "100", "--save-model", "--no-cuda",
-         "--alpha-e-interval", "20", *TINY_FLAGS],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_cli_smoke_on_inverted_pendulum(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli(som, ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "300", "--learning-starts", "100",
+                  "--eval-interval", "150", "--eval-episodes", "1", "--log-interval", "100", "--save-model",
+                  "--no-cuda", "--alpha-e-interval", "20", *TINY_FLAGS], monkeypatch)  # fmt: skip
     (run_dir,) = (tmp_path / "runs").iterdir()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_id"] == "InvertedPendulum-v5" and config["action_dim"] == 1 and config["num_mc_samples"] == 4
