@@ -5,6 +5,7 @@ and the Slurm arrays; plus the machine description that benchmark.sh speed adds 
 
 import csv
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, import_script, run_script
+from conftest import ROOT, import_script
 
 TINY_ALGO = {  # --tiny runs bc and this algorithm on each offline task (every offline script on two tasks)
     "cube-single-play-singletask-v0": "meanflowql",
@@ -202,16 +203,14 @@ def test_bad_options_are_refused(tmp_path) -> None:
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
 
 
-def test_speed_csv_has_the_machine_description(tmp_path) -> None:
-    speed_args = ["ofql", "--device", "cpu", "--batch-size", "8", "--seconds", "0.2"]
-    row = run_script([str(ROOT / "scripts/speed.py"), *speed_args], cwd=tmp_path)
-    assert row.returncode == 0, row.stderr
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/aggregate.py"), "speed", str(tmp_path)],
-        input=row.stdout, capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert row.stdout.strip() in proc.stdout  # the rows are passed through as they come
+def test_speed_csv_has_the_machine_description(tmp_path, monkeypatch, capsys) -> None:
+    """In-process: speed.py's row, piped into aggregate.py speed as benchmark.sh speed does."""
+    monkeypatch.setattr(sys, "argv", ["speed.py", "ofql", "--device", "cpu", "--batch-size", "8", "--seconds", "0.2"])
+    import_script("speed").main()
+    row = capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO(row))
+    import_script("aggregate").speed(tmp_path)
+    assert row.strip() in capsys.readouterr().out  # the rows are passed through as they come
     (written,) = read_csv(tmp_path / "speed.csv")
     assert list(written) == ["algo", "device", "mode", "batch", "updates_per_s", "ms_per_action", "precision",
                              "cpu", "cores", "torch", "gpu", "threads"]  # fmt: skip
