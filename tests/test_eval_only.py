@@ -6,7 +6,7 @@ import shutil
 
 import h5py
 import pytest
-from conftest import ROOT, import_algo, read_jsonl, run_cli, run_script
+from conftest import ROOT, import_algo, read_jsonl, run_cli, run_main
 
 TINY = {  # toy networks and schedules; offline on the AntMaze stand-in, SOM online
     "meanflowql": "--actor-hidden-dim 16 --actor-depth 1 --critic-hidden-dim 16 --critic-layers 2 --offline-steps 20",
@@ -42,10 +42,10 @@ def test_eval_only_reproduces_the_runs_evaluations_from_the_checkpoint_alone(alg
     assert sorted(evals) == [10, 20] and len(read_jsonl(run_dir / "eval.jsonl")) == 2  # eval-only logs nothing
 
 
-def test_eval_only_and_save_every_eval_refuse_what_they_cannot_do(tmp_path):
-    proc = run_script(
-        [str(ROOT / "algos/ofql.py"), "--eval-only", "--save-every-eval", "--eval-episodes", "0"], cwd=tmp_path
-    )
+def test_eval_only_and_save_every_eval_refuse_what_they_cannot_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--eval-only", "--save-every-eval", "--eval-episodes", "0"]
+    proc = run_main(ROOT / "algos/ofql.py", flags, monkeypatch, capsys)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "--eval-only evaluates a checkpoint: give it with --resume PATH/model.pt" in proc.stderr
     assert "--save-every-eval keeps the checkpoints of --save-model: give both" in proc.stderr

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from conftest import ROOT, import_algo, read_jsonl, run_script
+from conftest import ROOT, import_algo, read_jsonl, run_main, run_script
 
 mfql = import_algo("meanflowql")
 SCRIPT = str(ROOT / "algos" / "meanflowql.py")
@@ -90,8 +90,9 @@ def test_resume_reproduces_an_uninterrupted_run(minari_root, tmp_path, monkeypat
     assert [r["step"] for r in read_jsonl(resumed / "train.jsonl")] == [20, 25, 30]
 
 
-def test_unknown_env_id_lists_the_aliases(tmp_path):
-    proc = run_script([SCRIPT, "--env-id", "antmaze-gigantic"], cwd=tmp_path)
+def test_unknown_env_id_lists_the_aliases(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(SCRIPT, ["--env-id", "antmaze-gigantic"], monkeypatch, capsys)
     assert proc.returncode != 0
     assert "unknown --env-id 'antmaze-gigantic'" in proc.stderr and "antmaze-large-diverse" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, four_mode_data, import_algo, mode_fractions, read_jsonl, run_cli, run_script
+from conftest import ROOT, four_mode_data, import_algo, mode_fractions, read_jsonl, run_cli, run_main, run_script
 
 ofql = import_algo("ofql")
 SCRIPT = str(ROOT / "algos" / "ofql.py")
@@ -385,8 +385,9 @@ def test_resume_reproduces_an_uninterrupted_run(minari_root, tmp_path, monkeypat
     assert all(resumed_rows[-1][k] == straight_rows[-1][k] for k in ofql.METRICS)
 
 
-def test_bad_input_gives_a_clear_error_without_traceback(minari_root, tmp_path):
-    proc = run_script([SCRIPT, "--env-id", "antmaze-huge"], cwd=tmp_path)
+def test_bad_input_gives_a_clear_error_without_traceback(minari_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(SCRIPT, ["--env-id", "antmaze-huge"], monkeypatch, capsys)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "unknown --env-id 'antmaze-huge'" in proc.stderr and "antmaze-large-diverse" in proc.stderr
     assert "halfcheetah-medium" in proc.stderr

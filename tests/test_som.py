@@ -13,7 +13,7 @@ import minari
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, import_algo, read_jsonl, run_cli, run_script
+from conftest import ROOT, import_algo, read_jsonl, run_cli, run_main
 
 som = import_algo("som")
 SCRIPT = str(ROOT / "algos" / "som.py")
@@ -352,8 +352,9 @@ def test_save_dataset_round_trip(tmp_path, monkeypatch):
     assert minari.load_dataset("test/som-pendulum-v1").total_steps == 30
 
 
-def test_bad_input_gives_a_clear_error_without_traceback(tmp_path):
-    proc = run_script([SCRIPT, "--env-id", "NoSuchEnv-v0", "--total-timesteps", "10"], cwd=tmp_path)
+def test_bad_input_gives_a_clear_error_without_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(SCRIPT, ["--env-id", "NoSuchEnv-v0", "--total-timesteps", "10"], monkeypatch, capsys)
     assert proc.returncode == 1
     assert "error: cannot make --env-id 'NoSuchEnv-v0'" in proc.stderr and "HalfCheetah-v4" in proc.stderr
     assert "Traceback" not in proc.stderr
