@@ -57,9 +57,12 @@ learn  Learning evidence on data generated here:
   --only REGEX         run and report only the jobs whose name ALGO__TASK__sSEED matches (bash regex)
   --job-args 'GLOB:FLAGS'  append FLAGS (split on spaces) to the jobs whose name matches GLOB; repeatable,
                        e.g. --job-args 'meanflowql__cube*:--alpha 300' --job-args '*:--compile'
-  --tiny               smoke-test setting for tests/test_benchmark.py, its numbers mean nothing: tiny networks and
-                       batches, 60-step dataset episodes, SOM updates from step 100; unless given, --seeds 1 --steps 20
-                       --online-steps 200 --episodes 2 --eval-episodes 1 --evals 1
+  --tiny               smoke-test setting for tests/test_benchmark.py, its numbers mean nothing: every task, but on
+                       each offline one only bc and one other algorithm (meanflowql on cube and invertedpendulum,
+                       mvp on pointmaze-medium and the bandit, ofql on both UMaze tasks) and SOM on
+                       InvertedPendulum-v5 alone; tiny networks and batches, 60-step dataset episodes, SOM updates
+                       from step 100; unless given, --seeds 1 --steps 20 --online-steps 200 --episodes 2
+                       --eval-episodes 1 --evals 1
   --report-only        only aggregate the jobs of the last sweep written to DIR
   --slurm              write Slurm job arrays DIR/slurm/{datasets,offline,online}.sbatch instead of running; each
                        task asks for 2 CPUs (datasets: 8) unless --sbatch sets --cpus-per-task
@@ -156,6 +159,14 @@ have_dataset() {
   fi
 }
 
+tiny_algo_of() {  # offline task -> the one algorithm that --tiny runs on it beside bc (each script on two tasks)
+  case $1 in
+    cube-* | invertedpendulum-*) echo meanflowql ;;
+    pointmaze-umaze*) echo ofql ;;
+    *) echo mvp ;;
+  esac
+}
+
 tiny_flags() {  # the --tiny networks of each script
   case $1 in
     meanflowql) echo --actor-hidden-dim 32 --actor-depth 1 --critic-hidden-dim 32 --critic-layers 2 --batch-size 16 ;;
@@ -183,6 +194,7 @@ learn() {
     task_eval_episodes=$eval_episodes
     [[ $task == bandit-* ]] && ((!tiny)) && task_eval_episodes=$BANDIT_EVAL_EPISODES
     for algo in "${OFFLINE_ALGOS[@]}"; do
+      [[ $tiny == 1 && $algo != bc && $algo != "$(tiny_algo_of "$task")" ]] && continue
       script=$algo
       [[ $algo == bc ]] && script=ofql
       task_flags=()
@@ -195,7 +207,9 @@ learn() {
       done
     done
   done
-  for task in "${ONLINE_TASKS[@]}"; do
+  local -a online_tasks=("${ONLINE_TASKS[@]}")
+  ((tiny)) && online_tasks=("${ONLINE_TASKS[0]}")
+  for task in "${online_tasks[@]}"; do
     for ((seed = 1; seed <= seeds; seed++)); do
       add_job online som "$task" "$seed" "$ROOT/algos/som.py" --env-id "$task" --seed "$seed" \
         --total-timesteps "$online_steps" --eval-interval "$(at_least_1 $((online_steps / evals)))" \

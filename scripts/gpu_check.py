@@ -22,9 +22,10 @@ one line per failed row: `FAILED <part> <run>: <why> (see <its log>)`. Needs not
 once, with a message, where CUDA is missing.
 
 --cpu-smoke runs every part at toy sizes on the CPU, for tests/test_gpu_check.py only (its numbers mean nothing), with
-fewer children: the compiled pair for OFQL alone, through torch.compile's cheap path (TORCH_COMPILE_OVERRIDE_BACKENDS:
-TorchDynamo's graphs run eagerly, where Inductor on a CPU takes minutes), and MeanFlowQL's eager speed row alone
-(tests/test_speed.py runs the others). GPU_CHECK_FAIL=<part>_<run> (a log's name, e.g. share_2_1) gives that child an
+fewer and shorter children: OFQL's pair compiled alone, without its eager one, through torch.compile's cheap path
+(TORCH_COMPILE_OVERRIDE_BACKENDS: TorchDynamo's graphs run eagerly, where Inductor on a CPU takes minutes), the other
+scripts' pairs eager, 10 steps and 5 more resumed, and MeanFlowQL's eager speed row alone (tests/test_speed.py runs the
+others). GPU_CHECK_FAIL=<part>_<run> (a log's name, e.g. share_2_1) gives that child an
 unknown flag, so that it fails: the tests' failing child.
 """
 
@@ -196,7 +197,7 @@ def train_runs(device: str, smoke: bool, steps: int) -> dict[str, list[str]]:
         flags += ["--cuda" if device == "cuda" else "--no-cuda", *(TINY[algo].split() if smoke else [])]
         if algo == "meanflowql":
             runs[WORKERS] = [*flags, "--eval-interval", str(steps // 2), "--eval-workers", "4"]
-        else:
+        elif not (smoke and algo in SMOKE_COMPILED):  # --cpu-smoke: OFQL's compiled pair alone
             runs[algo] = [*flags, "--eval-interval", str(steps)]
         if not smoke or algo in SMOKE_COMPILED:
             runs[f"{algo} --compile"] = [*flags, "--eval-interval", str(steps), "--compile"]
@@ -212,7 +213,7 @@ def evaluations(run_dir: Path) -> list[dict]:
 def train_and_resume(runner: Runner, device: str, smoke: bool, compile_ok: bool) -> tuple[list[dict], list[dict]]:
     """Steps 1 and 2: the training runs side by side (with the compiled speed steps), each resumed as soon as it
     ends; the train.csv and cudagraphs.csv rows."""
-    steps, extra = (20, 10) if smoke else (300, 100)
+    steps, extra = (10, 5) if smoke else (300, 100)
     runs, rows = train_runs(device, smoke, steps), []
     if not compile_ok:
         rows = [{"part": "train", "run": r, "status": "skipped: no C toolchain"} for r in runs if "--compile" in r]

@@ -3,8 +3,10 @@
 import importlib.util
 import json
 import os
+import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -40,6 +42,31 @@ def run_script(args: list[str], cwd: Path, env: dict | None = None, timeout: int
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     return proc
+
+
+def run_main(path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> subprocess.CompletedProcess:
+    """`python <path> <args>` in-process, from the current directory: the file runs as __main__ (runpy), its own error
+    handling included, without the start-up of a new interpreter (for messages that need no fresh process: no env var
+    read at import, no Ctrl-C). Exit status, stdout and stderr as the interpreter would give them: a SystemExit
+    message goes to stderr with status 1, an escaping exception as its traceback with status 1."""
+    monkeypatch.setattr(sys, "argv", [str(path), *args])
+    capsys.readouterr()
+    code, tail = 0, ""
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        code, tail = (e.code or 0, "") if e.code is None or isinstance(e.code, int) else (1, f"{e.code}\n")
+    except Exception:
+        code, tail = 1, traceback.format_exc()
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([str(path), *args], code, out, err + tail)
+
+
+def run_cli(module: ModuleType, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run an algos/ script in-process as `python <script> <argv>` would (parse_cli, then main), without the start-up
+    of a new interpreter: for tests about what a run does rather than about its exit status or messages."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *argv])
+    module.main(*module.parse_cli(module.Args))
 
 
 def four_mode_data(n: int) -> tuple[torch.Tensor, torch.Tensor]:

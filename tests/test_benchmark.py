@@ -1,9 +1,11 @@
-"""benchmark.sh learn on its --tiny smoke-test setting (2-episode datasets of 60 steps, tiny networks, 20 offline steps,
-200 SOM steps, 1 seed, 2 workers): the reports, a failed job reported and then rerun while finished jobs are skipped,
+"""benchmark.sh learn on its --tiny smoke-test setting (every task, with bc and one other algorithm per offline task and
+SOM on one env; 2-episode datasets of 60 steps, tiny networks, 20 offline steps, 200 SOM steps, 1 seed, 2 workers): the
+reports, a failed job reported and then rerun while finished jobs are skipped,
 and the Slurm arrays; plus the machine description that benchmark.sh speed adds to speed.csv."""
 
 import csv
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -11,19 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, import_script, run_script
+from conftest import ROOT, import_script
 
-ALGOS = ["meanflowql", "ofql", "mvp", "bc"]
-OFFLINE_TASKS = [
-    "cube-single-play-singletask-v0",
-    "pointmaze-medium-navigate-singletask-v0",
-    "pointmaze-umaze",
-    "pointmaze-umaze-mixed",
-    "invertedpendulum-mixed",
-    "bandit-two-hills",
-]
-ONLINE_TASKS = ["InvertedPendulum-v5", "HalfCheetah-v4"]
-PAIRS = [(task, algo) for task in OFFLINE_TASKS for algo in ALGOS] + [(task, "som") for task in ONLINE_TASKS]
+TINY_ALGO = {  # --tiny runs bc and this algorithm on each offline task (every offline script on two tasks)
+    "cube-single-play-singletask-v0": "meanflowql",
+    "pointmaze-medium-navigate-singletask-v0": "mvp",
+    "pointmaze-umaze": "ofql",
+    "pointmaze-umaze-mixed": "ofql",
+    "invertedpendulum-mixed": "meanflowql",
+    "bandit-two-hills": "mvp",
+}
+OFFLINE_TASKS = list(TINY_ALGO)
+ONLINE_TASKS = ["InvertedPendulum-v5"]  # --tiny: SOM on the first online task alone
+PAIRS = [(task, algo) for task in OFFLINE_TASKS for algo in (TINY_ALGO[task], "bc")] + [(ONLINE_TASKS[0], "som")]
+JOBS = len(PAIRS)
 BAD_JOB = "mvp__pointmaze-medium-navigate-singletask-v0__s1"  # gets a flag mvp.py rejects in the first sweep
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -61,7 +64,7 @@ def test_failed_job_is_reported(sweeps) -> None:
     assert first.returncode == 1, first.stdout + first.stderr  # a failed job fails the sweep, after the reports
     log = sweeps["out"] / "runs" / BAD_JOB / "train.log"
     assert f"FAILED  {BAD_JOB}: exit 2, log {log}" in first.stdout  # by the job, then in the summary
-    assert "[learn] 25 ok, 1 failed, 0 missing of 26 jobs" in first.stdout
+    assert f"[learn] {JOBS - 1} ok, 1 failed, 0 missing of {JOBS} jobs" in first.stdout
     assert "no-such-flag" in after["log"]  # the script's own error is in the log
     (bad,) = [r for r in after["runs"] if r["status"] != "ok"]
     assert (bad["algo"], bad["task"], bad["exit_code"], bad["status"]) == ("mvp", OFFLINE_TASKS[1], "2", "failed")
@@ -75,13 +78,13 @@ def test_failed_job_is_reported(sweeps) -> None:
 def test_second_sweep_reruns_the_failed_job_and_skips_the_rest(sweeps) -> None:
     out, second = sweeps["out"], sweeps["second"]
     assert second.returncode == 0, second.stdout + second.stderr
-    assert ": 1 to run, 25 finished before (skipped)" in second.stdout
+    assert f": 1 to run, {JOBS - 1} finished before (skipped)" in second.stdout
     assert [line.split()[2] for line in second.stdout.splitlines() if line.startswith("[learn] done")] == [BAD_JOB]
     for run_dir in (out / "runs").iterdir():
         (eval_file,) = run_dir.glob("runs/*/eval.jsonl")
         rerun = eval_file.stat().st_mtime > sweeps["after_first"]["done"]
         assert rerun == (run_dir.name == BAD_JOB)  # the finished jobs were not redone
-    assert "[learn] 26 ok, 0 failed, 0 missing of 26 jobs" in second.stdout
+    assert f"[learn] {JOBS} ok, 0 failed, 0 missing of {JOBS} jobs" in second.stdout
 
 
 def test_reports_have_a_row_per_algorithm_and_task(sweeps) -> None:
@@ -165,7 +168,7 @@ def test_slurm_writes_arrays_and_submits_only_when_asked(tmp_path) -> None:
     proc = bench("learn", "--tiny", "--slurm", "--sbatch", "--partition=gpu --gres=gpu:1", out=out, path=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (tmp_path / "sbatch_calls").exists() and "not submitted" in proc.stdout
-    for sweep, n in [("datasets", 6), ("offline", 24), ("online", 2)]:
+    for sweep, n in [("datasets", len(OFFLINE_TASKS)), ("offline", JOBS - 1), ("online", 1)]:
         script = (out / "slurm" / f"{sweep}.sbatch").read_text()
         assert f"#SBATCH --array=0-{n - 1}\n" in script and "#SBATCH --partition=gpu\n#SBATCH --gres=gpu:1\n" in script
         assert script.count("job.sh" if sweep != "datasets" else "make_") == n
@@ -200,16 +203,14 @@ def test_bad_options_are_refused(tmp_path) -> None:
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
 
 
-def test_speed_csv_has_the_machine_description(tmp_path) -> None:
-    speed_args = ["ofql", "--device", "cpu", "--batch-size", "8", "--seconds", "0.2"]
-    row = run_script([str(ROOT / "scripts/speed.py"), *speed_args], cwd=tmp_path)
-    assert row.returncode == 0, row.stderr
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/aggregate.py"), "speed", str(tmp_path)],
-        input=row.stdout, capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert row.stdout.strip() in proc.stdout  # the rows are passed through as they come
+def test_speed_csv_has_the_machine_description(tmp_path, monkeypatch, capsys) -> None:
+    """In-process: speed.py's row, piped into aggregate.py speed as benchmark.sh speed does."""
+    monkeypatch.setattr(sys, "argv", ["speed.py", "ofql", "--device", "cpu", "--batch-size", "8", "--seconds", "0.2"])
+    import_script("speed").main()
+    row = capsys.readouterr().out
+    monkeypatch.setattr(sys, "stdin", io.StringIO(row))
+    import_script("aggregate").speed(tmp_path)
+    assert row.strip() in capsys.readouterr().out  # the rows are passed through as they come
     (written,) = read_csv(tmp_path / "speed.csv")
     assert list(written) == ["algo", "device", "mode", "batch", "updates_per_s", "ms_per_action", "precision",
                              "cpu", "cores", "torch", "gpu", "threads"]  # fmt: skip

@@ -6,13 +6,14 @@ import inspect
 import json
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, import_algo, read_jsonl, run_script
+from conftest import ROOT, import_algo, read_jsonl, run_main, run_script
 
 ALGOS = ("meanflowql", "ofql", "mvp", "som")
 mfql = import_algo("meanflowql")
@@ -46,11 +47,12 @@ def test_every_flag_has_its_help_text_on_its_line(algo):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_bad_arguments_fail_at_once_with_every_problem_named(algo, tmp_path):
+def test_bad_arguments_fail_at_once_with_every_problem_named(algo, tmp_path, monkeypatch, capsys):
     steps = "--total-timesteps" if algo == "som" else "--offline-steps"
     rate = "--ema-rho" if algo == "ofql" else "--tau"
-    proc = run_script([script(algo), "--batch-size", "0", "--discount", "1.5", "--exp-name", "a/b", steps, "-3",
-                       rate, "nan"], cwd=tmp_path)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(script(algo), ["--batch-size", "0", "--discount", "1.5", "--exp-name", "a/b", steps, "-3", rate,
+                                   "nan"], monkeypatch, capsys)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     for text in ("--batch-size must be >= 1 (got 0)", "--discount must be in (0, 1] (got 1.5)", f"{steps} must be >= 1",
                  "--exp-name must be one path component", f"{rate} must be a finite number"):  # fmt: skip
@@ -59,7 +61,7 @@ def test_bad_arguments_fail_at_once_with_every_problem_named(algo, tmp_path):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_wrong_checkpoints_are_refused_before_any_data_is_loaded(algo, tmp_path):
+def test_wrong_checkpoints_are_refused_before_any_data_is_loaded(algo, tmp_path, monkeypatch, capsys):
     module = import_algo(algo)
     other = "ofql" if algo == "meanflowql" else "meanflowql"
     torch.save({"algo": other, "args": {}}, tmp_path / "other.pt")
@@ -72,7 +74,10 @@ def test_wrong_checkpoints_are_refused_before_any_data_is_loaded(algo, tmp_path)
     for name, message in cases.items():
         with pytest.raises(module.UsageError, match=re.escape(message)):
             module.read_checkpoint(str(tmp_path / name))
-    proc = run_script([script(algo), "--resume", str(tmp_path / "other.pt"), "--env-id", "NoSuchEnv-v0"], cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(
+        script(algo), ["--resume", str(tmp_path / "other.pt"), "--env-id", "NoSuchEnv-v0"], monkeypatch, capsys
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "is a checkpoint of" in proc.stderr
 
 
@@ -99,16 +104,19 @@ def test_run_names_are_unique_and_sortable(finished_run, tmp_path):
     assert dirs[1] == dirs[0] + "-2" and dirs[2] == dirs[0] + "-3" and sorted(dirs) == dirs
 
 
-def test_resume_restores_the_checkpoint_arguments_and_refuses_new_network_sizes(finished_run, tmp_path):
+def test_resume_restores_the_checkpoint_arguments_and_refuses_new_network_sizes(finished_run, tmp_path, monkeypatch,
+                                                                                capsys):  # fmt: skip
     ckpt = finished_run["run_dir"] / "model.pt"
-    common = dict(cwd=tmp_path, env=finished_run["env"])
-    proc = run_script([script("meanflowql"), "--resume", str(ckpt)], **common)  # finished: nothing to do
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", finished_run["env"]["MINARI_DATASETS_PATH"])
+    common = dict(monkeypatch=monkeypatch, capsys=capsys)
+    proc = run_main(script("meanflowql"), ["--resume", str(ckpt)], **common)  # finished: nothing to do
     assert proc.returncode == 0 and "the run finished at step 20 of 20; nothing to do" in proc.stdout
     before = {p.name: p.read_bytes() for p in finished_run["run_dir"].iterdir()}
-    proc = run_script([script("meanflowql"), "--resume", str(ckpt), "--critic-hidden-dim", "64"], **common)
+    proc = run_main(script("meanflowql"), ["--resume", str(ckpt), "--critic-hidden-dim", "64"], **common)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "--critic-hidden-dim 64 differs from the checkpoint's 16; a resumed run keeps it" in proc.stderr
-    proc = run_script([script("meanflowql"), "--resume", str(ckpt), "--env-id", "antmaze-medium-play"], **common)
+    proc = run_main(script("meanflowql"), ["--resume", str(ckpt), "--env-id", "antmaze-medium-play"], **common)
     assert proc.returncode == 1 and "--env-id antmaze-medium-play differs from the checkpoint's" in proc.stderr
     assert before == {p.name: p.read_bytes() for p in finished_run["run_dir"].iterdir()}  # left alone
 
@@ -120,8 +128,8 @@ def test_resume_restores_the_checkpoint_arguments_and_refuses_new_network_sizes(
     # with a notice, and so does a flag given at its default value (--eval-interval, 10 in the checkpoint)
     with open(finished_run["run_dir"] / "train.jsonl", "a") as f:
         f.write('{"step": 25}\n')  # a row past the checkpoint, as from a run killed after its last checkpoint
-    proc = run_script([script("meanflowql"), "--resume", str(ckpt), "--offline-steps", "30", "--eval-interval",
-                       "100000"], **common)  # fmt: skip
+    proc = run_main(script("meanflowql"), ["--resume", str(ckpt), "--offline-steps", "30", "--eval-interval",
+                                           "100000"], **common)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "notice: resuming with --offline-steps 30 (the checkpoint had 20)" in proc.stdout
     assert [row["step"] for row in read_jsonl(finished_run["run_dir"] / "train.jsonl")] == [5, 10, 15, 20, 25, 30]
@@ -255,16 +263,14 @@ def test_progress_gives_the_interrupt_handler_back():
 
 
 @pytest.mark.parametrize("path", [*(f"algos/{a}.py" for a in ALGOS), "scripts/speed.py"])
-def test_openmp_threads_sleep_while_they_wait(path):
+def test_openmp_threads_sleep_while_they_wait(path, monkeypatch):
     """OMP_WAIT_POLICY is read when torch loads OpenMP: the default PASSIVE must be set before torch is imported
     (with one of two cores held by another job, MeanFlowQL's update ran 2.2x faster with it: results/README.md)."""
     source = (ROOT / path).read_text()
     assert source.index('os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")') < source.index("\nimport torch\n")
-    code = f"import runpy, os, sys; sys.argv = ['x', '--help']; runpy.run_path({str(ROOT / path)!r}, run_name='x'); "
-    code += "import torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert proc.stdout.strip().splitlines()[-1] == "PASSIVE", proc.stderr[-2000:]
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # the file, run from the top without it, sets it
+    runpy.run_path(str(ROOT / path), run_name="x")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 @pytest.mark.parametrize("algo", ALGOS[:3])

@@ -97,22 +97,21 @@ def test_a_compiled_run_resumed_mid_schedule_continues_exactly(monkeypatch):
         return [agent.update(buffer.sample(8)) for _ in range(steps)]
 
     torch.manual_seed(0)
-    whole = run(mf.Agent(5, 3, args, cpu), 8)
-    torch.manual_seed(0)
-    first = mf.Agent(5, 3, args, cpu)
-    run(first, 4)
-    saved, rng = io.BytesIO(), torch.get_rng_state()
-    torch.save(first.state_dict(), saved)
+    whole = mf.Agent(5, 3, args, cpu)  # the uninterrupted run: checkpointed after 4 steps, then 4 more
+    run(whole, 4)
+    saved, rng, saved_lr = io.BytesIO(), torch.get_rng_state(), whole.actor_sched.get_last_lr()[0]
+    torch.save(whole.state_dict(), saved)
     saved.seek(0)
+    rest = run(whole, 4)
     resumed = mf.Agent(5, 3, args, cpu)
     lrs = [opt.param_groups[0]["lr"] for opt in (resumed.actor_opt, resumed.critic_opt)]
     resumed.load_state_dict(torch.load(saved, map_location="cpu", weights_only=False))
     for opt, lr in zip((resumed.actor_opt, resumed.critic_opt), lrs):
         assert opt.param_groups[0]["lr"] is lr and lr.dtype == torch.float64  # the tensor the compiled step reads
-    assert float(lrs[0]) == first.actor_sched.get_last_lr()[0] != args.actor_lr  # mid warm-up
+    assert float(lrs[0]) == saved_lr != args.actor_lr  # mid warm-up
     torch.set_rng_state(rng)
-    torch.testing.assert_close(torch.stack(run(resumed, 4)), torch.stack(whole[4:]), rtol=0, atol=0)
-    assert float(lrs[0]) == resumed.actor_sched.get_last_lr()[0] != first.actor_sched.get_last_lr()[0]
+    torch.testing.assert_close(torch.stack(run(resumed, 4)), torch.stack(rest), rtol=0, atol=0)
+    assert float(lrs[0]) == resumed.actor_sched.get_last_lr()[0] != saved_lr
 
 
 @pytest.mark.parametrize("algo", sorted(TINY))

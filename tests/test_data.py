@@ -8,7 +8,7 @@ import gymnasium as gym
 import minari
 import numpy as np
 import pytest
-from conftest import ROOT, import_algo, import_script, run_script
+from conftest import ROOT, import_algo, import_script, run_main
 from minari.data_collector import EpisodeBuffer
 
 mfql = import_algo("meanflowql")
@@ -180,11 +180,11 @@ def test_ogbench_errors_are_distinct_and_the_validation_split_is_kept(ogbench_di
         mfql.load_dataset(name, str(tmp_path), "observe", 1.0, 0.0)
 
 
-def test_mvp_refuses_a_horizon_longer_than_every_episode(minari_root, tmp_path):
-    proc = run_script(
-        [str(ROOT / "algos/mvp.py"), "--env-id", "antmaze-umaze", "--horizon", "60", "--no-cuda"],
-        cwd=tmp_path, env={"MINARI_DATASETS_PATH": str(minari_root)},
-    )  # fmt: skip
+def test_mvp_refuses_a_horizon_longer_than_every_episode(minari_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+    flags = ["--env-id", "antmaze-umaze", "--horizon", "60", "--no-cuda"]
+    proc = run_main(ROOT / "algos/mvp.py", flags, monkeypatch, capsys)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "every episode of 'D4RL/antmaze/umaze-v1' is shorter than --horizon 60" in proc.stderr
 

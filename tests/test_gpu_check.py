@@ -30,7 +30,7 @@ def test_gpu_check_runs_every_step_on_toy_sizes_and_fails_with_a_failing_child(t
     assert "--made-to-fail-by-GPU_CHECK_FAIL" in (tmp_path / "share_2_1.log").read_text()
     read = lambda name: list(csv.DictReader(open(tmp_path / f"{name}.csv")))  # noqa: E731
     train = read("train")
-    runs = ["meanflowql --eval-workers 4", "ofql", "ofql --compile", "mvp", "som"]
+    runs = ["meanflowql --eval-workers 4", "ofql --compile", "mvp", "som"]  # OFQL's eager pair: not in the smoke run
     assert [(r["part"], r["run"]) for r in train] == [(p, r) for p in ("train", "resume") for r in runs]
     assert all(r["status"] == "ok" for r in train), train  # each part ran and evaluated where it should
     graphs = read("cudagraphs")  # no CUDA graphs on a CPU: the report says so

@@ -43,24 +43,13 @@ def gen_args(out_dir: Path, seed: int = 0, steps: int = STEPS, name: str = SINGL
 
 
 @pytest.fixture(scope="module")
-def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The same tiny dataset generated twice (same seed), concurrently, for the determinism check."""
-    dirs = (tmp_path_factory.mktemp("ogb_a"), tmp_path_factory.mktemp("ogb_b"))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), *gen_args(d)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for d in dirs
-    ]
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0, out
-        assert "Wrote" in out and "steps/s" in out
-    return dirs
+def data_dirs(ogbench_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same tiny dataset generated twice (same seed), for the determinism check: the session's (conftest, by its
+    dataset's name) and one by the singletask name here."""
+    out_dir = tmp_path_factory.mktemp("ogb_b")
+    proc = run_script(*gen_args(out_dir))
+    assert "Wrote" in proc.stdout and "steps/s" in proc.stdout
+    return ogbench_dir, out_dir
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from conftest import ROOT, import_algo, read_jsonl, run_script
+from conftest import ROOT, import_algo, read_jsonl, run_cli, run_main, run_script
 
 mfql = import_algo("meanflowql")
 SCRIPT = str(ROOT / "algos" / "meanflowql.py")
@@ -33,12 +33,14 @@ def check_run_dir(run_dir: Path, total_steps: int, eval_keys: set[str]) -> None:
     assert len(checkpoint["online_buffer"]["rewards"]) == 20  # the online transitions travel with the checkpoint
 
 
-def test_smoke_minari_antmaze_offline_to_online(minari_root, tmp_path):
-    args = [SCRIPT, "--env-id", "antmaze-umaze", "--offline-steps", "30", "--online-steps", "20",
-            "--eval-interval", "25", "--save-model", *TINY]  # fmt: skip
-    proc = run_script(args, cwd=tmp_path, env={"MINARI_DATASETS_PATH": str(minari_root)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "D4RL/antmaze/umaze-v1" in proc.stdout and "[online 50/50]" in proc.stdout
+def test_smoke_minari_antmaze_offline_to_online(minari_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+    monkeypatch.chdir(tmp_path)
+    args = ["--env-id", "antmaze-umaze", "--offline-steps", "30", "--online-steps", "20", "--eval-interval", "25",
+            "--save-model", *TINY]  # fmt: skip
+    run_cli(mfql, args, monkeypatch)
+    stdout = capsys.readouterr().out
+    assert "D4RL/antmaze/umaze-v1" in stdout and "[online 50/50]" in stdout
     run_dir = only_run_dir(tmp_path)
     check_run_dir(run_dir, 50, {"episodic_return", "episodic_length", "success_rate", "normalized_score"})
     assert [r["step"] for r in read_jsonl(run_dir / "eval.jsonl")] == [25, 50]
@@ -90,8 +92,9 @@ def test_resume_reproduces_an_uninterrupted_run(minari_root, tmp_path, monkeypat
     assert [r["step"] for r in read_jsonl(resumed / "train.jsonl")] == [20, 25, 30]
 
 
-def test_unknown_env_id_lists_the_aliases(tmp_path):
-    proc = run_script([SCRIPT, "--env-id", "antmaze-gigantic"], cwd=tmp_path)
+def test_unknown_env_id_lists_the_aliases(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(SCRIPT, ["--env-id", "antmaze-gigantic"], monkeypatch, capsys)
     assert proc.returncode != 0
     assert "unknown --env-id 'antmaze-gigantic'" in proc.stderr and "antmaze-large-diverse" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, four_mode_data, import_algo, mode_fractions, read_jsonl, run_script
+from conftest import ROOT, four_mode_data, import_algo, mode_fractions, read_jsonl, run_cli, run_main
 
 mvp = import_algo("mvp")
 SCRIPT = str(ROOT / "algos" / "mvp.py")
@@ -269,13 +269,10 @@ def cli_args(ogbench_dir, **kw) -> list[str]:
     return out
 
 
-def test_cli_smoke_offline_online_eval(ogbench_dir, tmp_path):
-    proc = run_script(
-        [SCRIPT, *cli_args(ogbench_dir, offline_steps=20, online_steps=20, online_start_steps=5, eval_interval=20,
-                           eval_episodes=1, log_interval=10, save_model=True)],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_cli_smoke_offline_online_eval(ogbench_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli(mvp, cli_args(ogbench_dir, offline_steps=20, online_steps=20, online_start_steps=5, eval_interval=20,
+                          eval_episodes=1, log_interval=10, save_model=True), monkeypatch)  # fmt: skip
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert {p.name for p in run_dir.iterdir()} == {"config.json", "train.jsonl", "eval.jsonl", "model.pt"}
     train = read_jsonl(run_dir / "train.jsonl")
@@ -333,12 +330,13 @@ def test_resume_is_equivalent_to_an_uninterrupted_run(ogbench_dir, tmp_path, mon
     assert read_jsonl(run_dir / "eval.jsonl")[-1] == read_jsonl(saved / "eval.jsonl")[-1]
 
 
-def test_bad_input_exits_with_a_message_and_no_traceback(tmp_path):
-    proc = run_script([SCRIPT, "--env-id", "antmaze-huge"], cwd=tmp_path)
+def test_bad_input_exits_with_a_message_and_no_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(SCRIPT, ["--env-id", "antmaze-huge"], monkeypatch, capsys)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: unknown --env-id 'antmaze-huge'" in proc.stderr
-    proc = run_script([SCRIPT, "--env-id", "cube-triple-play-singletask-task2-v0", "--dataset-dir", str(tmp_path)],
-                      cwd=tmp_path)  # fmt: skip
+    flags = ["--env-id", "cube-triple-play-singletask-task2-v0", "--dataset-dir", str(tmp_path)]
+    proc = run_main(SCRIPT, flags, monkeypatch, capsys)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "OGBench dataset 'cube-triple-play-v0'" in proc.stderr and "README.md, section 'Datasets'" in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing is written before the data loads

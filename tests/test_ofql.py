@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, four_mode_data, import_algo, mode_fractions, read_jsonl, run_script
+from conftest import ROOT, four_mode_data, import_algo, mode_fractions, read_jsonl, run_cli, run_main, run_script
 
 ofql = import_algo("ofql")
 SCRIPT = str(ROOT / "algos" / "ofql.py")
@@ -308,13 +308,11 @@ TINY = ["--hidden-dim", "16", "--time-emb-dim", "8", "--batch-size", "8", "--eva
 TINY += ["--eval-candidates", "4", "--ema-start", "10", "--no-cuda"]
 
 
-def test_cli_offline_online_eval_smoke(minari_root, tmp_path):
-    proc = run_script(
-        [SCRIPT, "--env-id", "antmaze-umaze", "--offline-steps", "20", "--online-steps", "20", "--eval-interval", "20",
-         "--log-interval", "10", "--save-model", *TINY],
-        cwd=tmp_path, env={"MINARI_DATASETS_PATH": str(minari_root)},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_cli_offline_online_eval_smoke(minari_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "antmaze-umaze", "--offline-steps", "20", "--online-steps", "20", "--eval-interval", "20"]
+    run_cli(ofql, [*flags, "--log-interval", "10", "--save-model", *TINY], monkeypatch)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert {p.name for p in run_dir.iterdir()} == {"config.json", "train.jsonl", "eval.jsonl", "model.pt"}
     train = read_jsonl(run_dir / "train.jsonl")
@@ -335,13 +333,10 @@ def test_cli_offline_online_eval_smoke(minari_root, tmp_path):
     assert len(online_rewards) == 20 and set(online_rewards.flatten().tolist()) <= {-2.0, 2.0}  # (r - 0.5) * 4
 
 
-def test_ogbench_run_logs_validation_losses(ogbench_dir, tmp_path):
-    proc = run_script(
-        [SCRIPT, "--env-id", "cube-double-play-singletask-task2-v0", "--dataset-dir", str(ogbench_dir),
-         "--offline-steps", "10", "--log-interval", "5", "--eval-episodes", "0", *TINY],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_ogbench_run_logs_validation_losses(ogbench_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "cube-double-play-singletask-task2-v0", "--dataset-dir", str(ogbench_dir)]
+    run_cli(ofql, [*flags, "--offline-steps", "10", "--log-interval", "5", "--eval-episodes", "0", *TINY], monkeypatch)
     (run_dir,) = (tmp_path / "runs").iterdir()
     train = read_jsonl(run_dir / "train.jsonl")
     assert [row["step"] for row in train] == [5, 10]
@@ -390,8 +385,9 @@ def test_resume_reproduces_an_uninterrupted_run(minari_root, tmp_path, monkeypat
     assert all(resumed_rows[-1][k] == straight_rows[-1][k] for k in ofql.METRICS)
 
 
-def test_bad_input_gives_a_clear_error_without_traceback(minari_root, tmp_path):
-    proc = run_script([SCRIPT, "--env-id", "antmaze-huge"], cwd=tmp_path)
+def test_bad_input_gives_a_clear_error_without_traceback(minari_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(SCRIPT, ["--env-id", "antmaze-huge"], monkeypatch, capsys)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "unknown --env-id 'antmaze-huge'" in proc.stderr and "antmaze-large-diverse" in proc.stderr
     assert "halfcheetah-medium" in proc.stderr

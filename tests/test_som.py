@@ -13,7 +13,7 @@ import minari
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, import_algo, read_jsonl, run_script
+from conftest import ROOT, import_algo, read_jsonl, run_cli, run_main
 
 som = import_algo("som")
 SCRIPT = str(ROOT / "algos" / "som.py")
@@ -230,14 +230,11 @@ def test_a_compiled_run_never_trains_at_actor_lr_zero():
         assert agent.actor_lr_factor(1_000_000) == floor and agent.actor_lr_factor(50_000) == pytest.approx(0.5)
 
 
-def test_cli_smoke_on_inverted_pendulum(tmp_path):
-    proc = run_script(
-        [SCRIPT, "--env-id", "InvertedPendulum-v5", "--total-timesteps", "300", "--learning-starts", "100",
-         "--eval-interval", "150", "--eval-episodes", "1", "--log-interval", "100", "--save-model", "--no-cuda",
-         "--alpha-e-interval", "20", *TINY_FLAGS],
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_cli_smoke_on_inverted_pendulum(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli(som, ["--env-id", "InvertedPendulum-v5", "--total-timesteps", "300", "--learning-starts", "100",
+                  "--eval-interval", "150", "--eval-episodes", "1", "--log-interval", "100", "--save-model",
+                  "--no-cuda", "--alpha-e-interval", "20", *TINY_FLAGS], monkeypatch)  # fmt: skip
     (run_dir,) = (tmp_path / "runs").iterdir()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_id"] == "InvertedPendulum-v5" and config["action_dim"] == 1 and config["num_mc_samples"] == 4
@@ -355,8 +352,9 @@ def test_save_dataset_round_trip(tmp_path, monkeypatch):
     assert minari.load_dataset("test/som-pendulum-v1").total_steps == 30
 
 
-def test_bad_input_gives_a_clear_error_without_traceback(tmp_path):
-    proc = run_script([SCRIPT, "--env-id", "NoSuchEnv-v0", "--total-timesteps", "10"], cwd=tmp_path)
+def test_bad_input_gives_a_clear_error_without_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    proc = run_main(SCRIPT, ["--env-id", "NoSuchEnv-v0", "--total-timesteps", "10"], monkeypatch, capsys)
     assert proc.returncode == 1
     assert "error: cannot make --env-id 'NoSuchEnv-v0'" in proc.stderr and "HalfCheetah-v4" in proc.stderr
     assert "Traceback" not in proc.stderr

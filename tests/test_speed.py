@@ -6,17 +6,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, import_script, run_script
+from conftest import import_script
 
 speed = import_script("speed")
 
 
 @pytest.mark.parametrize("algo", sorted(speed.SETUPS))
-def test_speed_benchmark_prints_a_csv_row(algo, tmp_path):
-    args = [str(ROOT / "scripts/speed.py"), algo, "--device", "cpu", "--batch-size", "8", "--seconds", "0.2"]
-    proc = run_script(args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    name, device, mode, batch, updates_per_s, ms_per_action, precision = proc.stdout.strip().splitlines()[-1].split(",")
+def test_speed_benchmark_prints_a_csv_row(algo, monkeypatch, capsys):
+    """In-process (speed.main() on its command line): tests/test_benchmark.py runs the script itself."""
+    monkeypatch.setattr(sys, "argv", ["speed.py", algo, "--device", "cpu", "--batch-size", "8", "--seconds", "0.2"])
+    speed.main()
+    name, device, mode, batch, updates_per_s, ms_per_action, precision = (
+        capsys.readouterr().out.splitlines()[-1].split(",")
+    )
     assert (name, device, mode, batch, precision) == (algo, "cpu", "eager", "8", "fp32")
     assert float(updates_per_s) > 0 and float(ms_per_action) > 0
 
