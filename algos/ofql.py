@@ -95,6 +95,7 @@ class Args:
     ema_every: Optional[int] = None  # EMA period K of the target policy; None = DQL's 5 scaled to the run (EMA_SCALE)
     ema_start: Optional[int] = None  # the target policy stays at its init until this step; None = DQL's 1000, scaled
     critic_tau: Optional[float] = 0.005  # target critics' Polyak rate, every step (DQL); None = the policy's EMA
+    critic_layer_norm: bool = True  # LayerNorm in the critics' hidden layers (CleanDiffuser's DQLCritic); off: DQL's
     q_normalizer: Literal["data", "policy"] = "data"  # E|Q| over dataset actions (Sec. 3.2) or a_pi (DQL's code)
     clip_in_actor_loss: bool = True  # clip the one-step action to [-1, 1] before Q in the actor loss [reconstructed]
     normalize_obs: bool = True  # z-score observations with dataset statistics (CleanDiffuser; DQL does not)
@@ -231,18 +232,36 @@ class TwinLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class TwinCritic(nn.Module):
-    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1, evaluated together; returns [2, B]."""
+class TwinLayerNorm(nn.Module):
+    """LayerNorm over the features with each critic's own gain and bias, [2, B, H] -> [2, B, H]."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3):
+    def __init__(self, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 1, features))
+        self.bias = nn.Parameter(torch.zeros(2, 1, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class TwinCritic(nn.Module):
+    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1, evaluated together; returns [2, B]. layer_norm:
+    CleanDiffuser's DQLCritic (cleandiffuser/utils), each hidden Linear followed by LayerNorm, the first activation
+    Tanh; off: Diffusion-QL's (agents/ql_diffusion.py), Linear-Mish only."""
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3, layer_norm: bool = False
+    ):
         super().__init__()
         dims = [obs_dim + action_dim] + [hidden_dim] * num_layers + [1]
         self.layers = nn.ModuleList(TwinLinear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(TwinLayerNorm(hidden_dim) for _ in range(num_layers)) if layer_norm else None
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, actions], dim=-1).expand(2, -1, -1)
-        for layer in self.layers[:-1]:
-            x = F.mish(layer(x))
+        for i, layer in enumerate(self.layers[:-1]):
+            x = layer(x)
+            x = F.mish(x) if self.norms is None else (torch.tanh if i == 0 else F.mish)(self.norms[i](x))
         return self.layers[-1](x).squeeze(-1)
 
 
@@ -385,7 +404,7 @@ class Agent:
         self.policy = AverageVelocityNet(
             obs_dim, action_dim, a.hidden_dim, a.num_layers, a.time_emb_dim, a.time_emb_scale, a.shared_time_mlp
         ).to(device)
-        self.critic = TwinCritic(obs_dim, action_dim, a.hidden_dim, a.num_layers).to(device)
+        self.critic = TwinCritic(obs_dim, action_dim, a.hidden_dim, a.num_layers, a.critic_layer_norm).to(device)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_opt = adam(self.policy.parameters(), a.actor_lr, a, device)
