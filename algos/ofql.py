@@ -77,7 +77,7 @@ class Args:
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: both anneal to 0 over the run (DQL --lr_decay)
     grad_clip: Optional[float] = None  # global-norm clipping, policy and critics apart; None = off [reconstructed]
     flow_ratio: float = 0.5  # lambda = P(r = t): the share of plain flow-matching pairs in the FBC loss (Table 3)
-    max_q_samples: Optional[int] = None  # a' per next state; > 1 is the max-Q backup; None = 10 AntMaze, 1 elsewhere
+    max_q_samples: Optional[int] = None  # a' per s'; > 1: max-Q backup; None = 10 AntMaze and non-paper data, else 1
     hidden_dim: int = 256  # width of the policy and critic MLPs
     num_layers: int = 3  # hidden layers of the policy and critic MLPs
     reward_scale: Optional[float] = None  # rewards (r + reward_bias) * reward_scale; None = 4 for AntMaze, else 1
@@ -109,18 +109,23 @@ class Args:
 # eta: MuJoCo 0.1, AntMaze 0.5, Kitchen 0.01 [reconstructed: the paper tunes eta in {0.001, 0.01, 0.1, 0.3, 0.5}
 # without reporting the values, and notes that Kitchen needs a small eta and AntMaze a large one]; 2M MuJoCo steps
 FAMILY_DEFAULTS: dict[str, dict] = {
-    "mujoco": dict(eta=0.1, offline_steps=2_000_000),
+    "mujoco": dict(eta=0.1, offline_steps=2_000_000, max_q_samples=1),
     "antmaze": dict(eta=0.5, max_q_samples=10),
-    "kitchen": dict(eta=0.01),
-    "ogbench": dict(eta=0.01),  # reconstructed: OGBench's manipulation tasks need strong regularisation, as Kitchen
-    "adroit": dict(eta=0.1),  # reconstructed: Diffusion-QL's pen-human/cloned values (0.15, 0.1)
+    "kitchen": dict(eta=0.01, max_q_samples=1),
+    "ogbench": dict(eta=0.01, max_q_samples=1),  # reconstructed: OGBench's manipulation needs strong regularisation
+    "adroit": dict(eta=0.1, max_q_samples=1),  # reconstructed: Diffusion-QL's pen-human/cloned values (0.15, 0.1)
 }
 # Outside the paper's families the critic's reach is unknown, so eta is the paper's strong-regularisation value: on the
 # two-hill bandit (results/README.md) eta 0.1 let the Q term pull the one-step map to where the critic extrapolates
 # (the box corner) and the return collapsed below BC's, while 0.01 kept it on the data; on the PointMaze UMaze
 # stand-in at 0.5 (AntMaze's value) one seed in three diverged (critic TD loss x10, policy falling below BC), while
-# 0.01 held all three at BC's return (results/README.md "Longer OFQL and BC runs")
-BASE_DEFAULTS = dict(eta=0.01, offline_steps=1_000_000, max_q_samples=1, eval_temperature=10.0)
+# 0.01 held all three at BC's return (results/README.md "Longer OFQL and BC runs"). At that eta the target policy,
+# which makes the TD target's next action, stays near behaviour cloning, so a one-sample backup learns the behaviour
+# policy's value, and on data far from optimal acting greedily on it is no better than the data (the swing-up task at
+# a fast target critic: below random; results/README.md "OFQL on suboptimal data"). Outside the paper's families the
+# backup is therefore DQL's max-Q backup over 10 samples (agents/ql_diffusion.py, its suboptimal AntMaze data), the
+# best of the behaviour's own actions at s'.
+BASE_DEFAULTS = dict(eta=0.01, offline_steps=1_000_000, max_q_samples=10, eval_temperature=10.0)
 # CleanDiffuser's DQL softmax temperatures, first match on the dataset id wins [reconstructed]
 EVAL_TEMPERATURES = (
     ("halfcheetah", 50.0),

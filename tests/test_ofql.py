@@ -216,6 +216,17 @@ def test_per_family_defaults():
     assert resolved("D4RL/pen/human-v2").eta == 0.1
     assert resolved("D4RL/pointmaze/umaze-v2").eta == 0.01  # outside the paper's families too (it is not AntMaze)
     assert resolved("meanflow-rl/bandit/two-hills-v0").eta == 0.01  # outside the paper's families
+    # DQL's max-Q backup outside the paper's families (at eta 0.01 a one-sample backup values behaviour cloning) and
+    # for AntMaze; DQL's one-sample backup for MuJoCo, Kitchen, Adroit and OGBench
+    assert resolved("meanflow-rl/pendulum/swingup-mixed-v0").max_q_samples == 10
+    assert resolved("D4RL/pointmaze/umaze-v2").max_q_samples == 10
+    for dataset_id in (
+        "mujoco/hopper/medium-v0",
+        "D4RL/kitchen/mixed-v2",
+        "D4RL/pen/human-v2",
+        "cube-double-play-singletask-v0",
+    ):
+        assert resolved(dataset_id).max_q_samples == 1, dataset_id
     assert ofql.default_reward_transform("antmaze") == (4.0, -0.5)  # (r - 0.5) * 4
     assert ofql.default_reward_transform("pointmaze") == (1.0, -1.0)  # r - 1
     assert ofql.default_reward_transform("mujoco") == (1.0, 0.0)
