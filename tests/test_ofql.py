@@ -179,7 +179,7 @@ def test_critic_layer_norm_is_cleandiffusers_dql_critic():
     with torch.no_grad():  # a first layer 10x larger changes nothing downstream of its LayerNorm
         critic.layers[0].weight.mul_(10), critic.layers[0].bias.mul_(10)
     torch.testing.assert_close(critic(obs, actions), critic.layers[-1](h).squeeze(-1), rtol=1e-4, atol=1e-4)
-    agent, _ = tiny_agent()  # the default
+    agent, _ = tiny_agent()  # the default outside the paper's families
     assert agent.critic.norms is not None and agent.critic_target.norms is not None
     assert tiny_agent(critic_layer_norm=False)[0].critic.norms is None  # Diffusion-QL's
 
@@ -226,7 +226,10 @@ def test_per_family_defaults():
         "D4RL/pen/human-v2",
         "cube-double-play-singletask-v0",
     ):
-        assert resolved(dataset_id).max_q_samples == 1, dataset_id
+        assert resolved(dataset_id).max_q_samples == 1 and resolved(dataset_id).critic_layer_norm is False, dataset_id
+    # CleanDiffuser's LayerNorm critics outside the paper's families, Diffusion-QL's in them (AntMaze too)
+    assert resolved("meanflow-rl/pendulum/swingup-mixed-v0").critic_layer_norm is True
+    assert resolved("D4RL/antmaze/large-play-v1").critic_layer_norm is False
     assert ofql.default_reward_transform("antmaze") == (4.0, -0.5)  # (r - 0.5) * 4
     assert ofql.default_reward_transform("pointmaze") == (1.0, -1.0)  # r - 1
     assert ofql.default_reward_transform("mujoco") == (1.0, 0.0)
