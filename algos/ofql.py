@@ -77,7 +77,7 @@ class Args:
     lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: both anneal to 0 over the run (DQL --lr_decay)
     grad_clip: Optional[float] = None  # global-norm clipping, policy and critics apart; None = off [reconstructed]
     flow_ratio: float = 0.5  # lambda = P(r = t): the share of plain flow-matching pairs in the FBC loss (Table 3)
-    max_q_samples: Optional[int] = None  # a' per next state; > 1 is the max-Q backup; None = 10 AntMaze, 1 elsewhere
+    max_q_samples: Optional[int] = None  # a' per s'; > 1: max-Q backup; None = 10 AntMaze and non-paper data, else 1
     hidden_dim: int = 256  # width of the policy and critic MLPs
     num_layers: int = 3  # hidden layers of the policy and critic MLPs
     reward_scale: Optional[float] = None  # rewards (r + reward_bias) * reward_scale; None = 4 for AntMaze, else 1
@@ -95,6 +95,7 @@ class Args:
     ema_every: Optional[int] = None  # EMA period K of the target policy; None = DQL's 5 scaled to the run (EMA_SCALE)
     ema_start: Optional[int] = None  # the target policy stays at its init until this step; None = DQL's 1000, scaled
     critic_tau: Optional[float] = 0.005  # target critics' Polyak rate, every step (DQL); None = the policy's EMA
+    critic_layer_norm: Optional[bool] = None  # CleanDiffuser's LayerNorm critics; None = off in the paper's families
     q_normalizer: Literal["data", "policy"] = "data"  # E|Q| over dataset actions (Sec. 3.2) or a_pi (DQL's code)
     clip_in_actor_loss: bool = True  # clip the one-step action to [-1, 1] before Q in the actor loss [reconstructed]
     normalize_obs: bool = True  # z-score observations with dataset statistics (CleanDiffuser; DQL does not)
@@ -108,18 +109,26 @@ class Args:
 # eta: MuJoCo 0.1, AntMaze 0.5, Kitchen 0.01 [reconstructed: the paper tunes eta in {0.001, 0.01, 0.1, 0.3, 0.5}
 # without reporting the values, and notes that Kitchen needs a small eta and AntMaze a large one]; 2M MuJoCo steps
 FAMILY_DEFAULTS: dict[str, dict] = {
-    "mujoco": dict(eta=0.1, offline_steps=2_000_000),
-    "antmaze": dict(eta=0.5, max_q_samples=10),
-    "kitchen": dict(eta=0.01),
-    "ogbench": dict(eta=0.01),  # reconstructed: OGBench's manipulation tasks need strong regularisation, as Kitchen
-    "adroit": dict(eta=0.1),  # reconstructed: Diffusion-QL's pen-human/cloned values (0.15, 0.1)
+    "mujoco": dict(eta=0.1, offline_steps=2_000_000, max_q_samples=1, critic_layer_norm=False),
+    "antmaze": dict(eta=0.5, max_q_samples=10, critic_layer_norm=False),
+    "kitchen": dict(eta=0.01, max_q_samples=1, critic_layer_norm=False),
+    "ogbench": dict(eta=0.01, max_q_samples=1, critic_layer_norm=False),  # reconstructed: strong regularisation
+    "adroit": dict(eta=0.1, max_q_samples=1, critic_layer_norm=False),  # reconstructed: DQL's pen values (0.15, 0.1)
 }
 # Outside the paper's families the critic's reach is unknown, so eta is the paper's strong-regularisation value: on the
 # two-hill bandit (results/README.md) eta 0.1 let the Q term pull the one-step map to where the critic extrapolates
 # (the box corner) and the return collapsed below BC's, while 0.01 kept it on the data; on the PointMaze UMaze
 # stand-in at 0.5 (AntMaze's value) one seed in three diverged (critic TD loss x10, policy falling below BC), while
-# 0.01 held all three at BC's return (results/README.md "Longer OFQL and BC runs")
-BASE_DEFAULTS = dict(eta=0.01, offline_steps=1_000_000, max_q_samples=1, eval_temperature=10.0)
+# 0.01 held all three at BC's return (results/README.md "Longer OFQL and BC runs"). At that eta the target policy,
+# which makes the TD target's next action, stays near behaviour cloning, so a one-sample backup learns the behaviour
+# policy's value, and on data far from optimal acting greedily on it is no better than the data (the swing-up task at
+# a fast target critic: below random; results/README.md "OFQL on suboptimal data"). Outside the paper's families the
+# backup is therefore DQL's max-Q backup over 10 samples (agents/ql_diffusion.py, its suboptimal AntMaze data), the
+# best of the behaviour's own actions at s'. The critics there are CleanDiffuser's DQLCritic, with LayerNorm: on the
+# swing-up, Diffusion-QL's critics (the paper's base, kept in its families) chose below-random actions with or without
+# the max-Q backup, while on the pendulum stand-in (MuJoCo family) LayerNorm lowered the return in 2 seeds of 2
+# (results/README.md "OFQL on suboptimal data: the critic's LayerNorm and the max-Q backup").
+BASE_DEFAULTS = dict(eta=0.01, offline_steps=1_000_000, max_q_samples=10, eval_temperature=10.0, critic_layer_norm=True)
 # CleanDiffuser's DQL softmax temperatures, first match on the dataset id wins [reconstructed]
 EVAL_TEMPERATURES = (
     ("halfcheetah", 50.0),
@@ -231,18 +240,36 @@ class TwinLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-class TwinCritic(nn.Module):
-    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1, evaluated together; returns [2, B]."""
+class TwinLayerNorm(nn.Module):
+    """LayerNorm over the features with each critic's own gain and bias, [2, B, H] -> [2, B, H]."""
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3):
+    def __init__(self, features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 1, features))
+        self.bias = nn.Parameter(torch.zeros(2, 1, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class TwinCritic(nn.Module):
+    """Q_1, Q_2: two independent MLPs s ⊕ a -> 3 x 256 Mish -> 1, evaluated together; returns [2, B]. layer_norm:
+    CleanDiffuser's DQLCritic (cleandiffuser/utils), each hidden Linear followed by LayerNorm, the first activation
+    Tanh; off: Diffusion-QL's (agents/ql_diffusion.py), Linear-Mish only."""
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, hidden_dim: int = 256, num_layers: int = 3, layer_norm: bool = False
+    ):
         super().__init__()
         dims = [obs_dim + action_dim] + [hidden_dim] * num_layers + [1]
         self.layers = nn.ModuleList(TwinLinear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(TwinLayerNorm(hidden_dim) for _ in range(num_layers)) if layer_norm else None
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, actions], dim=-1).expand(2, -1, -1)
-        for layer in self.layers[:-1]:
-            x = F.mish(layer(x))
+        for i, layer in enumerate(self.layers[:-1]):
+            x = layer(x)
+            x = F.mish(x) if self.norms is None else (torch.tanh if i == 0 else F.mish)(self.norms[i](x))
         return self.layers[-1](x).squeeze(-1)
 
 
@@ -385,7 +412,7 @@ class Agent:
         self.policy = AverageVelocityNet(
             obs_dim, action_dim, a.hidden_dim, a.num_layers, a.time_emb_dim, a.time_emb_scale, a.shared_time_mlp
         ).to(device)
-        self.critic = TwinCritic(obs_dim, action_dim, a.hidden_dim, a.num_layers).to(device)
+        self.critic = TwinCritic(obs_dim, action_dim, a.hidden_dim, a.num_layers, a.critic_layer_norm).to(device)
         self.policy_target = copy.deepcopy(self.policy).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_opt = adam(self.policy.parameters(), a.actor_lr, a, device)

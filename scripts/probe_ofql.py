@@ -10,6 +10,8 @@ Every --every steps it prints:
   q_pi/q_d    Q of the online policy's one-step actions over Q of the dataset actions, on the same states
   ident       mean |a - e| of the EMA policy's one-step map (0: the identity map a = e, its near-initial state)
   q_loss      the actor's normalised Q term, as logged
+  act C:T     with --act C:T (repeatable): the return of acting with C candidates of the EMA policy and softmax
+              temperature T by the target critics' min-Q (T 1e9: argmax)
 
 Example (the dataset must exist, see scripts/swingup.py):
     MINARI_DATASETS_PATH=/tmp/minari python scripts/probe_ofql.py meanflow-rl/pendulum/swingup-mixed-v0 4000 \
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per measurement")
+    p.add_argument("--act", action="append", default=[], help="extra acting rule C:T (candidates:temperature)")
     p.add_argument("overrides", nargs="*", help="ofql.Args fields as name=value, e.g. eta=0 lr_schedule=constant")
     a = p.parse_intermixed_args(argv)
     ofql = load_ofql()
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             o = torch.as_tensor((task.flatten_obs(o) - mean) / std, dtype=torch.float32).reshape(-1, obs_dim)
             return task.env_action(act(o).numpy())
 
-        return float(ofql.evaluate(env_act, envs, a.episodes, a.seed)["episodic_return"].mean())
+        return float(ofql.evaluate(env_act, envs, a.episodes, a.seed, torch.device("cpu"))["episodic_return"].mean())
 
     def one_step(policy):
         return lambda o: ofql.one_step_action(policy, o, torch.randn(len(o), action_dim)).clamp(-1, 1)
@@ -129,10 +132,17 @@ def main(argv: list[str] | None = None) -> None:
             q_d = agent.critic(probe_obs, probe_act).min(0).values
             a_pi = one_step(agent.policy)(probe_obs)
             q_pi = agent.critic(probe_obs, a_pi).min(0).values
+            extra = ""
+            for rule in a.act:
+                c, temp = rule.split(":")
+                act = lambda o, c=int(c), temp=float(temp): ofql.sample_action(  # noqa: E731
+                    agent.policy_target, agent.critic_target, o, action_dim, c, temp
+                )
+                extra += f" act{rule} {run(act):8.1f}"
         print(
             f"{step:6d} {time.time() - t0:5.0f}s acting {acting:8.1f} one_ema {one_ema:8.1f} one_pi {one_pi:8.1f} "
             f"q_data {q_d.mean():8.2f} mc {rtg[rows].mean():8.2f} q_pi-q_d {(q_pi - q_d).mean():7.3f} "
-            f"ident {ident:.3f} q_loss {q_loss_sum / n:.3f}",
+            f"ident {ident:.3f} q_loss {q_loss_sum / n:.3f}{extra}",
             flush=True,
         )
         q_loss_sum, n = 0.0, 0

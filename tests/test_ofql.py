@@ -155,6 +155,35 @@ def test_networks_shapes_and_shared_time_mlp():
     assert q.shape == (2, 5) and not torch.allclose(q[0], q[1])  # independent members
 
 
+def test_critic_layer_norm_is_cleandiffusers_dql_critic():
+    """--critic-layer-norm: CleanDiffuser's DQLCritic, Linear-LayerNorm-Tanh then (Linear-LayerNorm-Mish) x 2, each
+    member with its own LayerNorm gain and bias; a hidden layer's output then does not depend on its input's scale."""
+    torch.manual_seed(0)
+    critic = ofql.TwinCritic(5, 2, hidden_dim=16, num_layers=3, layer_norm=True)
+    plain = sum(p.numel() for p in ofql.TwinCritic(5, 2, hidden_dim=16, num_layers=3).parameters())
+    assert sum(p.numel() for p in critic.parameters()) == plain + 3 * 2 * 2 * 16
+    with torch.no_grad():
+        for norm in critic.norms:
+            norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    obs, actions = torch.randn(7, 5), torch.randn(7, 2)
+    x = critic.layers[0](torch.cat([obs, actions], -1).expand(2, -1, -1))
+    norm = critic.norms[0]
+    expected = torch.tanh((x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+                          * norm.weight + norm.bias)  # fmt: skip
+    h = expected
+    for layer, norm in zip(critic.layers[1:-1], critic.norms[1:]):
+        y = layer(h)
+        y = (y - y.mean(-1, keepdim=True)) / (y.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+        h = torch.nn.functional.mish(y * norm.weight + norm.bias)
+    torch.testing.assert_close(critic(obs, actions), critic.layers[-1](h).squeeze(-1))
+    with torch.no_grad():  # a first layer 10x larger changes nothing downstream of its LayerNorm
+        critic.layers[0].weight.mul_(10), critic.layers[0].bias.mul_(10)
+    torch.testing.assert_close(critic(obs, actions), critic.layers[-1](h).squeeze(-1), rtol=1e-4, atol=1e-4)
+    agent, _ = tiny_agent()  # the default outside the paper's families
+    assert agent.critic.norms is not None and agent.critic_target.norms is not None
+    assert tiny_agent(critic_layer_norm=False)[0].critic.norms is None  # Diffusion-QL's
+
+
 def test_sample_action_is_bounded_and_prefers_high_q_at_high_temperature():
     class SumQ(torch.nn.Module):
         def forward(self, obs, actions):
@@ -187,6 +216,20 @@ def test_per_family_defaults():
     assert resolved("D4RL/pen/human-v2").eta == 0.1
     assert resolved("D4RL/pointmaze/umaze-v2").eta == 0.01  # outside the paper's families too (it is not AntMaze)
     assert resolved("meanflow-rl/bandit/two-hills-v0").eta == 0.01  # outside the paper's families
+    # DQL's max-Q backup outside the paper's families (at eta 0.01 a one-sample backup values behaviour cloning) and
+    # for AntMaze; DQL's one-sample backup for MuJoCo, Kitchen, Adroit and OGBench
+    assert resolved("meanflow-rl/pendulum/swingup-mixed-v0").max_q_samples == 10
+    assert resolved("D4RL/pointmaze/umaze-v2").max_q_samples == 10
+    for dataset_id in (
+        "mujoco/hopper/medium-v0",
+        "D4RL/kitchen/mixed-v2",
+        "D4RL/pen/human-v2",
+        "cube-double-play-singletask-v0",
+    ):
+        assert resolved(dataset_id).max_q_samples == 1 and resolved(dataset_id).critic_layer_norm is False, dataset_id
+    # CleanDiffuser's LayerNorm critics outside the paper's families, Diffusion-QL's in them (AntMaze too)
+    assert resolved("meanflow-rl/pendulum/swingup-mixed-v0").critic_layer_norm is True
+    assert resolved("D4RL/antmaze/large-play-v1").critic_layer_norm is False
     assert ofql.default_reward_transform("antmaze") == (4.0, -0.5)  # (r - 0.5) * 4
     assert ofql.default_reward_transform("pointmaze") == (1.0, -1.0)  # r - 1
     assert ofql.default_reward_transform("mujoco") == (1.0, 0.0)
