@@ -74,7 +74,7 @@ class Args:
     discount: float = 0.99  # discount gamma (DQL)
     actor_lr: float = 3e-4  # Adam learning rate of the policy
     critic_lr: float = 3e-4  # Adam learning rate of the critics
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: both anneal to 0 over the run (DQL --lr_decay)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: both anneal to 0 over max(run, 1M) (DQL --lr_decay)
     grad_clip: Optional[float] = None  # global-norm clipping, policy and critics apart; None = off [reconstructed]
     flow_ratio: float = 0.5  # lambda = P(r = t): the share of plain flow-matching pairs in the FBC loss (Table 3)
     max_q_samples: Optional[int] = None  # a' per s'; > 1: max-Q backup; None = 10 AntMaze and non-paper data, else 1
@@ -92,7 +92,7 @@ class Args:
     time_emb_scale: float = 1.0  # t, r scaled before the embedding; DQL's x1000 makes du/dt, and the FBC loss, explode
     shared_time_mlp: bool = False  # one Linear-Mish-Linear branch for both t and r, not one each [reconstructed]
     ema_rho: float = 0.995  # EMA rate of the target policy, DQL's ema_decay [reconstructed]
-    ema_every: Optional[int] = None  # EMA period K of the target policy; None = DQL's 5 scaled to the run (EMA_SCALE)
+    ema_every: Optional[int] = None  # EMA period K of the target policy; None = DQL's 5 scaled to the run (DQL_STEPS)
     ema_start: Optional[int] = None  # the target policy stays at its init until this step; None = DQL's 1000, scaled
     critic_tau: Optional[float] = 0.005  # target critics' Polyak rate, every step (DQL); None = the policy's EMA
     critic_layer_norm: Optional[bool] = None  # CleanDiffuser's LayerNorm critics; None = off in the paper's families
@@ -141,25 +141,29 @@ EVAL_TEMPERATURES = (
 )
 
 
-# The target policy's EMA schedule [reconstructed: Alg. 1 names a period K and a rate rho, not their values]: DQL's
-# update_ema_every 5 and step_start_ema 1000 (agents/ql_diffusion.py) are for runs of 1M steps, where they are 0.1% of
-# the run. In a short run they are not: at 4k steps the target policy, which makes every TD target's next action, sits
-# at its initial map a ~ e (about random actions) for a quarter of the run and then lags about 1000 steps, so the
-# critic learns the value of a random policy (results/README.md "OFQL on suboptimal data"). None scales both with the
-# run, (start, period) = (DQL's) x min(1, total steps / EMA_SCALE): DQL's own from 1M steps on, (4, 1) at 4k.
-EMA_SCALE = 1_000_000
+# DQL's schedules [reconstructed: Alg. 1 names an EMA period K and rate rho, not their values, and no LR schedule] are
+# set for runs of 1M steps (DQL_STEPS); a shorter run scales the EMA's and keeps to the LR's first part:
+# - the target policy's EMA: DQL's update_ema_every 5 and step_start_ema 1000 (agents/ql_diffusion.py) are 0.1% of a
+#   1M-step run; at 4k steps the target policy, which makes every TD target's next action, would sit at its initial map
+#   a ~ e (about random actions) for a quarter of the run, so the critic learns a random policy's value. None scales
+#   both, (start, period) = (DQL's) x min(1, total steps / DQL_STEPS): DQL's own from 1M steps on, (4, 1) at 4k.
+# - the cosine LR annealing (DQL --lr_decay, CleanDiffuser's CosineAnnealingLR) runs over max(total steps, DQL_STEPS):
+#   annealed to 0 over a 4k- or 6k-step run, the swing-up's acting peaked at 2/3-3/4 of the run and fell back towards
+#   the data's return in 2 seeds of 2, which held the controller's return at a constant LR; a run of 1M steps or more
+#   anneals to 0 at its end, as DQL's (results/README.md "OFQL on suboptimal data").
+DQL_STEPS = 1_000_000
 DQL_EMA = dict(ema_start=1000, ema_every=5)
 
 
 def resolve_args(args: Args, dataset_id: str) -> Args:
     """Fill None hyperparameters from FAMILY_DEFAULTS / EVAL_TEMPERATURES, else BASE_DEFAULTS; the EMA schedule from
-    the run's length (DQL_EMA, EMA_SCALE)."""
+    the run's length (DQL_EMA, DQL_STEPS)."""
     defaults = {**BASE_DEFAULTS, **FAMILY_DEFAULTS.get(dataset_family(dataset_id), {})}
     defaults["eval_temperature"] = next(
         (temp for key, temp in EVAL_TEMPERATURES if key in dataset_id), defaults["eval_temperature"]
     )
     args = Args(**{**asdict(args), **{k: v for k, v in defaults.items() if getattr(args, k) is None}})
-    fraction = min(1.0, (args.offline_steps + args.online_steps) / EMA_SCALE)
+    fraction = min(1.0, (args.offline_steps + args.online_steps) / DQL_STEPS)
     ema = {
         "ema_start": round(DQL_EMA["ema_start"] * fraction),
         "ema_every": max(1, round(DQL_EMA["ema_every"] * fraction)),
@@ -423,11 +427,11 @@ class Agent:
         self.train_step = compile_update(self.gradient_step, a, device)
 
     def lr_factor(self, step: int) -> float:
-        """Cosine annealing to 0 over the whole run (DQL --lr_decay, CleanDiffuser's CosineAnnealingLR)."""
+        """Cosine annealing to 0 over max(run, DQL_STEPS) steps (DQL --lr_decay, CleanDiffuser's CosineAnnealingLR)."""
         a = self.args
         if a.lr_schedule == "constant":
             return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / (a.offline_steps + a.online_steps))))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(a.offline_steps + a.online_steps, DQL_STEPS))))
 
     def update(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Alg. 1 l. 1-5: the gradient step, then every K steps the EMA (theta' <- rho theta' + (1 - rho) theta, from
