@@ -304,6 +304,24 @@ def test_target_policy_ema_schedule_scales_with_the_run_length():
     assert not all(torch.equal(p, p0) for p, p0 in zip(agent.policy_target.parameters(), policy0))
 
 
+def test_cosine_lr_anneals_over_dqls_horizon_not_a_short_run():
+    """Cosine annealing to 0 over max(run, 1M steps): a 1M- or 2M-step run ends at 0 as DQL's --lr_decay; a 4k-step
+    run keeps the schedule's first 0.4% (about the full LR), not a cosine compressed into its 4k steps."""
+
+    def factor(step: int, **kw) -> float:
+        args = ofql.resolve_args(ofql.Args(hidden_dim=8, time_emb_dim=8, **kw), "x/y-v0")
+        agent = ofql.Agent(3, 2, args, torch.device("cpu"))
+        assert agent.critic_sched.lr_lambdas[0](step) == agent.policy_sched.lr_lambdas[0](step)
+        return agent.lr_factor(step)
+
+    assert factor(4000, offline_steps=4000) > 0.9999  # compressed into the run, it was 0 here
+    assert factor(4000, offline_steps=1000, online_steps=3000) > 0.9999
+    assert factor(1_000_000, offline_steps=1_000_000) == pytest.approx(0.0)
+    assert factor(1_000_000, offline_steps=2_000_000) == pytest.approx(0.5)
+    assert factor(2_000_000, offline_steps=2_000_000) == pytest.approx(0.0)
+    assert factor(4000, offline_steps=4000, lr_schedule="constant") == 1.0
+
+
 def test_q_term_is_normalised_by_mean_abs_q_on_dataset_actions():
     """alpha = eta / E|Q(s, a)| over the batch's dataset actions (Sec. 3.2), not over the policy's (DQL's code)."""
     agent, batch = tiny_agent()
