@@ -108,26 +108,24 @@ class Args:
 # ======================================================================================================================
 # eta: MuJoCo 0.1, AntMaze 0.5, Kitchen 0.01 [reconstructed: the paper tunes eta in {0.001, 0.01, 0.1, 0.3, 0.5}
 # without reporting the values, and notes that Kitchen needs a small eta and AntMaze a large one]; 2M MuJoCo steps
+DQL = dict(max_q_samples=1, critic_layer_norm=False)  # Diffusion-QL's critics, one-sample backup (ql_diffusion.py)
 FAMILY_DEFAULTS: dict[str, dict] = {
-    "mujoco": dict(eta=0.1, offline_steps=2_000_000, max_q_samples=1, critic_layer_norm=False),
-    "antmaze": dict(eta=0.5, max_q_samples=10, critic_layer_norm=False),
-    "kitchen": dict(eta=0.01, max_q_samples=1, critic_layer_norm=False),
-    "ogbench": dict(eta=0.01, max_q_samples=1, critic_layer_norm=False),  # reconstructed: strong regularisation
-    "adroit": dict(eta=0.1, max_q_samples=1, critic_layer_norm=False),  # reconstructed: DQL's pen values (0.15, 0.1)
+    "mujoco": dict(DQL, eta=0.1, offline_steps=2_000_000),
+    "antmaze": dict(DQL, eta=0.5, max_q_samples=10),
+    "kitchen": dict(DQL, eta=0.01),
+    "ogbench": dict(DQL, eta=0.01),  # reconstructed: OGBench's manipulation tasks need strong regularisation
+    "adroit": dict(DQL, eta=0.1),  # reconstructed: Diffusion-QL's pen-human/cloned values (0.15, 0.1)
 }
 # Outside the paper's families the critic's reach is unknown, so eta is the paper's strong-regularisation value: on the
 # two-hill bandit (results/README.md) eta 0.1 let the Q term pull the one-step map to where the critic extrapolates
 # (the box corner) and the return collapsed below BC's, while 0.01 kept it on the data; on the PointMaze UMaze
 # stand-in at 0.5 (AntMaze's value) one seed in three diverged (critic TD loss x10, policy falling below BC), while
 # 0.01 held all three at BC's return (results/README.md "Longer OFQL and BC runs"). At that eta the target policy,
-# which makes the TD target's next action, stays near behaviour cloning, so a one-sample backup learns the behaviour
-# policy's value, and on data far from optimal acting greedily on it is no better than the data (the swing-up task at
-# a fast target critic: below random; results/README.md "OFQL on suboptimal data"). Outside the paper's families the
-# backup is therefore DQL's max-Q backup over 10 samples (agents/ql_diffusion.py, its suboptimal AntMaze data), the
-# best of the behaviour's own actions at s'. The critics there are CleanDiffuser's DQLCritic, with LayerNorm: on the
-# swing-up, Diffusion-QL's critics (the paper's base, kept in its families) chose below-random actions with or without
-# the max-Q backup, while on the pendulum stand-in (MuJoCo family) LayerNorm lowered the return in 2 seeds of 2
-# (results/README.md "OFQL on suboptimal data: the critic's LayerNorm and the max-Q backup").
+# which makes the TD target's next action, stays near behaviour cloning, so a one-sample backup learns the behaviour's
+# value; outside the paper's families the backup is therefore DQL's max-Q over 10 samples, the best of the behaviour's
+# own actions at s', and the critics CleanDiffuser's DQLCritic, with LayerNorm: on the swing-up Diffusion-QL's critics
+# chose below-random actions with either backup, while on the pendulum stand-in (MuJoCo family) LayerNorm gave 148 and
+# 128 where they gave 156 and 1000 (results/README.md "OFQL on suboptimal data: the critic's LayerNorm ...").
 BASE_DEFAULTS = dict(eta=0.01, offline_steps=1_000_000, max_q_samples=10, eval_temperature=10.0, critic_layer_norm=True)
 # CleanDiffuser's DQL softmax temperatures, first match on the dataset id wins [reconstructed]
 EVAL_TEMPERATURES = (

@@ -166,15 +166,11 @@ def test_critic_layer_norm_is_cleandiffusers_dql_critic():
         for norm in critic.norms:
             norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
     obs, actions = torch.randn(7, 5), torch.randn(7, 2)
-    x = critic.layers[0](torch.cat([obs, actions], -1).expand(2, -1, -1))
-    norm = critic.norms[0]
-    expected = torch.tanh((x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
-                          * norm.weight + norm.bias)  # fmt: skip
-    h = expected
-    for layer, norm in zip(critic.layers[1:-1], critic.norms[1:]):
+    h = torch.cat([obs, actions], -1).expand(2, -1, -1)
+    for i, (layer, norm) in enumerate(zip(critic.layers[:-1], critic.norms)):
         y = layer(h)
         y = (y - y.mean(-1, keepdim=True)) / (y.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
-        h = torch.nn.functional.mish(y * norm.weight + norm.bias)
+        h = (torch.tanh if i == 0 else torch.nn.functional.mish)(y * norm.weight + norm.bias)
     torch.testing.assert_close(critic(obs, actions), critic.layers[-1](h).squeeze(-1))
     with torch.no_grad():  # a first layer 10x larger changes nothing downstream of its LayerNorm
         critic.layers[0].weight.mul_(10), critic.layers[0].bias.mul_(10)
